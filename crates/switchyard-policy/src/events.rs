@@ -1,0 +1,236 @@
+//! One observer interface through which every policy reports what it does.
+//!
+//! The policy crate does not know about Prometheus: the gateway plugs in an
+//! [`Observer`] (for example [`MetricsObserver`], which records through the
+//! `metrics` facade) and exports from there. Without an observer, reporting
+//! costs one branch per event.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use crate::{Outcome, breaker::State};
+
+/// Something a policy did or saw, reported to the [`Observer`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// A logical call finished (after retries and hedges), as the outermost
+    /// policy saw it.
+    Call {
+        /// The service called.
+        service: &'a str,
+        /// What the call counted as.
+        outcome: Outcome,
+        /// From the call's start to its end, rejections included.
+        latency: Duration,
+    },
+    /// One attempt (first try, retry or hedge) finished.
+    Attempt {
+        /// The service called.
+        service: &'a str,
+        /// 1 for the first attempt.
+        attempt: u32,
+        /// What the attempt counted as.
+        outcome: Outcome,
+        /// The attempt's own duration.
+        latency: Duration,
+    },
+    /// A retry was scheduled after `delay`.
+    Retry {
+        /// The service called.
+        service: &'a str,
+        /// The attempt about to start (2 for the first retry).
+        attempt: u32,
+        /// Backoff before it starts.
+        delay: Duration,
+    },
+    /// A hedge (backup request) was sent.
+    Hedge {
+        /// The service called.
+        service: &'a str,
+    },
+    /// A policy refused a call; `kind` is [`Error::kind`](crate::Error::kind).
+    Rejected {
+        /// The service called.
+        service: &'a str,
+        /// The policy that refused it.
+        policy: &'static str,
+        /// The stable cause name.
+        kind: &'static str,
+    },
+    /// The circuit breaker changed state.
+    BreakerTransition {
+        /// The service whose breaker changed.
+        service: &'a str,
+        /// The state before.
+        from: State,
+        /// The state after.
+        to: State,
+    },
+    /// A breaker's failure or slow-call rate crossed its threshold (also
+    /// reported in metrics-only mode, where no transition follows).
+    BreakerThreshold {
+        /// The service whose breaker saw it.
+        service: &'a str,
+        /// Failure rate in percent over the window.
+        failure_rate: f64,
+        /// Slow-call rate in percent over the window.
+        slow_call_rate: f64,
+    },
+    /// A fallback answered in place of a failed call.
+    Fallback {
+        /// The service called.
+        service: &'a str,
+        /// The stable cause name of the failure it replaced.
+        kind: &'static str,
+    },
+}
+
+/// Receives every policy [`Event`]. Must be cheap: it runs on the call path.
+pub trait Observer: Send + Sync + 'static {
+    /// Called once per event.
+    fn on_event(&self, event: &Event<'_>);
+}
+
+/// The reporting handle each layer holds: the service name and the observer.
+#[derive(Clone, Default)]
+pub struct Events {
+    service: Arc<str>,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("service", &self.service)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl Events {
+    /// Reports events about `service` to `observer`.
+    pub fn new(service: impl Into<Arc<str>>, observer: Arc<dyn Observer>) -> Self {
+        Self {
+            service: service.into(),
+            observer: Some(observer),
+        }
+    }
+
+    /// Reports nothing; `service` still names the service in errors and logs.
+    pub fn silent(service: impl Into<Arc<str>>) -> Self {
+        Self {
+            service: service.into(),
+            observer: None,
+        }
+    }
+
+    /// The service these events are about.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Builds and reports an event, if anyone listens.
+    #[inline]
+    pub fn emit(&self, event: impl FnOnce(&str) -> Event<'_>) {
+        if let Some(observer) = &self.observer {
+            observer.on_event(&event(&self.service));
+        }
+    }
+}
+
+/// Records events through the [`metrics`] facade.
+///
+/// | metric | type | labels |
+/// | --- | --- | --- |
+/// | `switchyard_policy_calls_total` | counter | service, outcome |
+/// | `switchyard_policy_call_duration_seconds` | histogram | service, outcome |
+/// | `switchyard_policy_attempts_total` | counter | service, outcome |
+/// | `switchyard_policy_retries_total` | counter | service |
+/// | `switchyard_policy_hedges_total` | counter | service |
+/// | `switchyard_policy_rejections_total` | counter | service, policy, kind |
+/// | `switchyard_policy_fallbacks_total` | counter | service, kind |
+/// | `switchyard_breaker_state` | gauge (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only) | service |
+/// | `switchyard_breaker_transitions_total` | counter | service, to |
+/// | `switchyard_breaker_threshold_exceeded_total` | counter | service |
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsObserver;
+
+impl Observer for MetricsObserver {
+    fn on_event(&self, event: &Event<'_>) {
+        use metrics::{counter, gauge, histogram};
+        match *event {
+            Event::Call {
+                service,
+                outcome,
+                latency,
+            } => {
+                let labels = [
+                    ("service", service.to_owned()),
+                    ("outcome", outcome.as_str().to_owned()),
+                ];
+                counter!("switchyard_policy_calls_total", &labels).increment(1);
+                histogram!("switchyard_policy_call_duration_seconds", &labels)
+                    .record(latency.as_secs_f64());
+            }
+            Event::Attempt {
+                service, outcome, ..
+            } => {
+                counter!("switchyard_policy_attempts_total", "service" => service.to_owned(), "outcome" => outcome.as_str())
+                    .increment(1);
+            }
+            Event::Retry { service, .. } => {
+                counter!("switchyard_policy_retries_total", "service" => service.to_owned())
+                    .increment(1);
+            }
+            Event::Hedge { service } => {
+                counter!("switchyard_policy_hedges_total", "service" => service.to_owned())
+                    .increment(1);
+            }
+            Event::Rejected {
+                service,
+                policy,
+                kind,
+            } => {
+                counter!("switchyard_policy_rejections_total", "service" => service.to_owned(), "policy" => policy, "kind" => kind)
+                    .increment(1);
+            }
+            Event::BreakerTransition { service, to, .. } => {
+                gauge!("switchyard_breaker_state", "service" => service.to_owned())
+                    .set(to.as_gauge());
+                counter!("switchyard_breaker_transitions_total", "service" => service.to_owned(), "to" => to.as_str())
+                    .increment(1);
+            }
+            Event::BreakerThreshold { service, .. } => {
+                counter!("switchyard_breaker_threshold_exceeded_total", "service" => service.to_owned()).increment(1);
+            }
+            Event::Fallback { service, kind } => {
+                counter!("switchyard_policy_fallbacks_total", "service" => service.to_owned(), "kind" => kind)
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// An observer that keeps every event, for tests and examples.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    events: parking_lot::Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    /// A new, empty recorder.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The events seen so far, each as its `Debug` text.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.events.lock())
+    }
+}
+
+impl Observer for Recorder {
+    fn on_event(&self, event: &Event<'_>) {
+        self.events.lock().push(format!("{event:?}"));
+    }
+}
