@@ -1,1 +1,2 @@
+//! Placeholder until the stack bench lands.
 fn main() {}
