@@ -234,3 +234,111 @@ impl Observer for Recorder {
         self.events.lock().push(format!("{event:?}"));
     }
 }
+
+/// Reports one [`Event::Call`] per logical call; the outermost layer of a
+/// [`Policy`](crate::Policy). Backpressure: `poll_ready` passes through.
+#[derive(Debug, Clone)]
+pub struct ObserveLayer<C> {
+    classifier: C,
+    events: Events,
+}
+
+impl<C> ObserveLayer<C> {
+    /// Reports calls to `events`, classified by `classifier`.
+    pub fn new(classifier: C, events: Events) -> Self {
+        Self { classifier, events }
+    }
+}
+
+impl<S, C: Clone> tower_layer::Layer<S> for ObserveLayer<C> {
+    type Service = Observe<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            classifier: self.classifier.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+/// Reports each call's outcome and latency; built by [`ObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct Observe<S, C> {
+    inner: S,
+    classifier: C,
+    events: Events,
+}
+
+impl<S, C, Req> tower_service::Service<Req> for Observe<S, C>
+where
+    S: tower_service::Service<Req, Error = crate::Error>,
+    C: crate::Classify<S::Response>,
+{
+    type Response = S::Response;
+    type Error = crate::Error;
+    type Future = ObserveFuture<S::Future, C>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), crate::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        // Without an observer there is nothing to report: skip the clock read.
+        let report = self.events.observer.is_some().then(|| Report {
+            start: tokio::time::Instant::now(),
+            classifier: self.classifier.clone(),
+            events: self.events.clone(),
+        });
+        ObserveFuture {
+            inner: self.inner.call(req),
+            report,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Report<C> {
+    start: tokio::time::Instant,
+    classifier: C,
+    events: Events,
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Observe`].
+    #[derive(Debug)]
+    pub struct ObserveFuture<F, C> {
+        #[pin]
+        inner: F,
+        report: Option<Report<C>>,
+    }
+}
+
+impl<F, C, T> std::future::Future for ObserveFuture<F, C>
+where
+    F: std::future::Future<Output = Result<T, crate::Error>>,
+    C: crate::Classify<T>,
+{
+    type Output = Result<T, crate::Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let Some(report) = this.report.take() {
+            let outcome = report.classifier.classify(out.as_ref()).outcome;
+            let latency = report.start.elapsed();
+            report.events.emit(|service| Event::Call {
+                service,
+                outcome,
+                latency,
+            });
+        }
+        std::task::Poll::Ready(out)
+    }
+}
