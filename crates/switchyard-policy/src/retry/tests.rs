@@ -64,7 +64,7 @@ impl<R> Service<R> for Script {
             .script
             .lock()
             .pop_front()
-            .unwrap_or((MS * 0, Ok(200)));
+            .unwrap_or((Duration::ZERO, Ok(200)));
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             out.map_err(BoxError::from)
@@ -110,7 +110,7 @@ fn retry(config: RetryConfig, svc: Script) -> Retry<Script, Status> {
 }
 
 fn err(msg: &'static str) -> Step {
-    (MS * 0, Err(msg))
+    (Duration::ZERO, Err(msg))
 }
 
 /// Scenario 37: F,S → success after 2 calls.
@@ -302,7 +302,7 @@ async fn budget_exhausted_keeps_a_usable_response() {
     let mut cfg = config(3, Backoff::Constant, MS);
     cfg.budget.min_retries_per_second = 0;
     cfg.budget.retry_ratio = 0.0;
-    let svc = Script::new([(MS * 0, Ok(503))]);
+    let svc = Script::new([(Duration::ZERO, Ok(503))]);
     let res = retry(cfg, svc.clone()).oneshot(Call::new(())).await;
     assert_eq!(res.unwrap(), 503);
     assert_eq!(svc.calls(), 1);
@@ -393,7 +393,7 @@ async fn s42_retry_after_beyond_max_delay_gives_up() {
 /// A retryable response on the last attempt comes back as `Ok`.
 #[tokio::test(start_paused = true)]
 async fn last_retryable_response_is_ok() {
-    let svc = Script::new([(MS * 0, Ok(503)), (MS * 0, Ok(503))]);
+    let svc = Script::new([(Duration::ZERO, Ok(503)), (Duration::ZERO, Ok(503))]);
     let res = retry(config(2, Backoff::Constant, MS), svc.clone())
         .oneshot(Call::new(()))
         .await;
