@@ -273,15 +273,14 @@ impl BreakerConfig {
                 "breaker.half_open_permits: must be at least 1; set a number such as 3".to_owned(),
             );
         }
-        if let Some(n) = self.half_open_success_threshold {
-            if n == 0 || n > self.half_open_permits {
-                return Err(format!(
-                    "breaker.half_open_success_threshold: must be between 1 and \
-                     half_open_permits ({}), got {n}; raise half_open_permits or lower the \
-                     threshold",
-                    self.half_open_permits
-                ));
-            }
+        if let Some(n) = self.half_open_success_threshold
+            && (n == 0 || n > self.half_open_permits)
+        {
+            return Err(format!(
+                "breaker.half_open_success_threshold: must be between 1 and half_open_permits \
+                 ({}), got {n}; raise half_open_permits or lower the threshold",
+                self.half_open_permits
+            ));
         }
         if self.half_open_max_wait.is_some_and(|d| d.is_zero()) {
             return Err(
