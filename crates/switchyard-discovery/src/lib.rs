@@ -53,7 +53,11 @@ fn default_weight() -> u32 {
 impl Endpoint {
     /// An endpoint at `addr` with the default weight and no metadata.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, weight: DEFAULT_WEIGHT, metadata: BTreeMap::new() }
+        Self {
+            addr,
+            weight: DEFAULT_WEIGHT,
+            metadata: BTreeMap::new(),
+        }
     }
 }
 

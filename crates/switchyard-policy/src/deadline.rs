@@ -24,7 +24,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let svc = DeadlineLayer::new(Some(Duration::from_millis(200)), Events::silent("users"))
-//!     .layer(service_fn(|call: Call<&str>| async move {
+//!     .layer(service_fn(|call: Call<&'static str>| async move {
 //!         // The transport would send this as a header to the next hop.
 //!         let left = call.remaining().unwrap();
 //!         assert!(left <= Duration::from_millis(200));

@@ -1,0 +1,202 @@
+//! The composed stack: the order of its layers, shown through behaviour.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use switchyard_policy::{
+    Call, Error, Events, Policy, PolicyConfig, breaker::State, events::Recorder,
+};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+fn config(text: &str) -> PolicyConfig {
+    toml::from_str(text).expect("test config parses")
+}
+
+/// A service that fails every call and counts how often it is reached.
+fn failing(
+    reached: Arc<AtomicUsize>,
+) -> impl Service<Call<u32>, Response = u32, Error = Error, Future: Send> + Clone {
+    service_fn(move |_call: Call<u32>| {
+        reached.fetch_add(1, Ordering::SeqCst);
+        async { Err::<u32, _>(Error::from_inner(std::io::Error::other("connection reset"))) }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_counts_one_outcome_per_call_after_retries() {
+    let reached = Arc::new(AtomicUsize::new(0));
+    let policy = Policy::new(
+        config(
+            r#"
+            [breaker]
+            window = { kind = "count", size = 10 }
+            minimum_calls = 4
+            failure_rate_threshold = 100.0
+            [retry]
+            max_attempts = 3
+            base_delay = "1ms"
+            jitter = "none"
+            [retry.budget]
+            min_retries_per_second = 1000
+            "#,
+        ),
+        Events::silent("users"),
+    )
+    .unwrap();
+    let svc = policy.layer(failing(reached.clone()));
+
+    for i in 0..3 {
+        let err = svc.clone().oneshot(Call::new(i)).await.unwrap_err();
+        assert!(
+            matches!(err, Error::RetriesExhausted { attempts: 3, .. }),
+            "{err:?}"
+        );
+    }
+    // Nine failed attempts, but three failed calls: under minimum_calls = 4.
+    assert_eq!(reached.load(Ordering::SeqCst), 9);
+    assert_eq!(policy.breaker().snapshot().calls, 3);
+    assert_eq!(policy.breaker().state(), State::Closed);
+
+    // The fourth failed call trips it; the fifth is rejected without any attempt:
+    // a retry never goes into an open breaker.
+    svc.clone().oneshot(Call::new(4)).await.unwrap_err();
+    assert_eq!(policy.breaker().state(), State::Open);
+    let err = svc.clone().oneshot(Call::new(5)).await.unwrap_err();
+    assert!(matches!(err, Error::BreakerOpen { .. }), "{err:?}");
+    assert_eq!(err.http_status(), 503);
+    assert_eq!(reached.load(Ordering::SeqCst), 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_time_queued_in_the_bulkhead() {
+    let policy = Policy::new(
+        config(
+            r#"
+            timeout = "300ms"
+            [bulkhead]
+            max_concurrent = 1
+            max_queue = 1
+            max_wait = "10s"
+            [retry]
+            max_attempts = 1
+            "#,
+        ),
+        Events::silent("slow"),
+    )
+    .unwrap();
+    let svc = policy.layer(service_fn(|_: Call<u32>| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<u32, Error>(1)
+    }));
+
+    let start = Instant::now();
+    let first = tokio::spawn(svc.clone().oneshot(Call::new(1)));
+    tokio::task::yield_now().await;
+    let second = svc.clone().oneshot(Call::new(2)).await;
+    assert!(matches!(second, Err(Error::DeadlineExceeded)), "{second:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+    assert!(matches!(first.await.unwrap(), Err(Error::DeadlineExceeded)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_rejects_before_taking_a_bulkhead_slot() {
+    let policy = Policy::new(
+        config(
+            r#"
+            [rate_limit]
+            rate = 1
+            per = "1s"
+            burst = 1
+            [bulkhead]
+            max_concurrent = 1
+            "#,
+        ),
+        Events::silent("limited"),
+    )
+    .unwrap();
+    let svc = policy.layer(service_fn(|c: Call<u32>| async move {
+        Ok::<u32, Error>(c.into_inner())
+    }));
+    assert_eq!(svc.clone().oneshot(Call::new(1)).await.unwrap(), 1);
+    let err = svc.clone().oneshot(Call::new(2)).await.unwrap_err();
+    assert_eq!(err.http_status(), 429);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(policy.bulkhead().unwrap().state().in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn observer_sees_calls_retries_and_transitions() {
+    let recorder = Recorder::new();
+    let policy = Policy::new(
+        config(
+            r#"
+            [breaker]
+            mode = "consecutive"
+            consecutive_failures = 1
+            [retry]
+            max_attempts = 2
+            base_delay = "1ms"
+            jitter = "none"
+            "#,
+        ),
+        Events::new("users", recorder.clone()),
+    )
+    .unwrap();
+    let svc = policy.layer(failing(Arc::new(AtomicUsize::new(0))));
+    svc.clone().oneshot(Call::new(1)).await.unwrap_err();
+    let events = recorder.take().join("\n");
+    assert!(
+        events.contains("Retry { service: \"users\", attempt: 2"),
+        "{events}"
+    );
+    assert!(
+        events.contains("BreakerTransition { service: \"users\", from: Closed, to: Open }"),
+        "{events}"
+    );
+    assert!(
+        events.contains("Call { service: \"users\", outcome: Failure"),
+        "{events}"
+    );
+}
+
+#[test]
+fn bad_configs_are_refused_with_the_key_named() {
+    let unknown =
+        toml::from_str::<PolicyConfig>("timeout = \"1s\"\n[retry]\nmax_atempts = 2\n").unwrap_err();
+    let text = unknown.to_string();
+    assert!(
+        text.contains("unknown field `max_atempts`") && text.contains("line 3"),
+        "{text}"
+    );
+
+    let err = Policy::new(
+        config("timeout = \"1s\"\nattempt_timeout = \"2s\""),
+        Events::silent("x"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("attempt_timeout:"), "{err}");
+
+    let err = Policy::new(
+        config("[breaker]\nfailure_rate_threshold = 120.0"),
+        Events::silent("x"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("failure_rate_threshold"), "{err}");
+
+    let err = Policy::new(config("[rate_limit]\nrate = 0"), Events::silent("x")).unwrap_err();
+    assert!(err.to_string().contains("rate"), "{err}");
+}
+
+#[test]
+fn defaults_round_trip_through_toml() {
+    let defaults = PolicyConfig::default();
+    let text = toml::to_string(&defaults).unwrap();
+    assert_eq!(toml::from_str::<PolicyConfig>(&text).unwrap(), defaults);
+    assert!(text.contains("timeout = \"10s\""), "{text}");
+}
