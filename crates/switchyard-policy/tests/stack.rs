@@ -1,5 +1,7 @@
 //! The composed stack: the order of its layers, shown through behaviour.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::{
     sync::{
         Arc,
