@@ -202,3 +202,16 @@ fn defaults_round_trip_through_toml() {
     assert_eq!(toml::from_str::<PolicyConfig>(&text).unwrap(), defaults);
     assert!(text.contains("timeout = \"10s\""), "{text}");
 }
+
+#[test]
+fn the_documented_example_config_is_valid() {
+    let doc = include_str!("../../../docs/config.md");
+    let example = doc
+        .split("### Example\n\n```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/config.md has an example block");
+    let config = config(example);
+    config.validate().unwrap();
+    assert_eq!(config.retry.budget.retry_ratio, 0.1);
+}
