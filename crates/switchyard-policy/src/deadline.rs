@@ -11,7 +11,7 @@
 //! by `min(attempt_timeout, time left until the deadline)`.
 //!
 //! The inner service reads the time left with
-//! [`PolicyRequest::remaining`](crate::PolicyRequest::remaining), so a
+//! [`PolicyRequest::remaining`], so a
 //! transport can propagate it to the next hop.
 //!
 //! Backpressure: both layers pass `poll_ready` through unchanged; the clock
