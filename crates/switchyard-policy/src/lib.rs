@@ -72,4 +72,4 @@ pub use classify::{Class, Classify, DefaultClassifier, HttpClassifier, Outcome};
 pub use error::{BoxError, Error, GrpcCode, is_caused_by};
 pub use events::{Event, Events, MetricsObserver, Observer};
 pub use policy::{ConfigError, Policy, PolicyConfig, PolicyService};
-pub use request::{Call, PolicyRequest};
+pub use request::{Call, PolicyRequest, ReplayBody};

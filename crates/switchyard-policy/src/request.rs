@@ -29,7 +29,28 @@ pub trait PolicyRequest: Sized {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Deadline(Instant);
 
-impl<B: Clone> PolicyRequest for http::Request<B> {
+/// A request body that may be replayed for another attempt.
+///
+/// Implemented for in-memory bodies (always replayable); a streamed body
+/// type implements it by answering `None` once it can't be replayed.
+pub trait ReplayBody: Sized {
+    /// A copy of the body for another attempt, or `None` if it can't be replayed.
+    fn try_clone_body(&self) -> Option<Self>;
+}
+
+macro_rules! replay_by_clone {
+    ($($ty:ty),*) => {$(
+        impl ReplayBody for $ty {
+            fn try_clone_body(&self) -> Option<Self> {
+                Some(self.clone())
+            }
+        }
+    )*};
+}
+
+replay_by_clone!((), String, Vec<u8>, &'static str, &'static [u8]);
+
+impl<B: ReplayBody> PolicyRequest for http::Request<B> {
     fn deadline(&self) -> Option<Instant> {
         self.extensions().get::<Deadline>().map(|d| d.0)
     }
@@ -39,7 +60,7 @@ impl<B: Clone> PolicyRequest for http::Request<B> {
     }
 
     fn try_clone(&self) -> Option<Self> {
-        let mut req = http::Request::new(self.body().clone());
+        let mut req = http::Request::new(self.body().try_clone_body()?);
         *req.method_mut() = self.method().clone();
         *req.uri_mut() = self.uri().clone();
         *req.version_mut() = self.version();

@@ -1,0 +1,1 @@
+//! The outbound stack for one named service (being written).

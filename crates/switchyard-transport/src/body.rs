@@ -1,0 +1,211 @@
+//! The body type requests and responses move through Switchyard with.
+//!
+//! A [`Body`] is either in memory (empty or one buffer: replayable, so a
+//! retry or hedge can send it again) or streamed from a connection (sent
+//! once, never buffered whole). [`Body::buffer_for_replay`] turns an incoming
+//! stream into an in-memory body when it fits a limit, so retries work for
+//! small bodies while large uploads stream through untouched.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf, Bytes};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use switchyard_policy::{BoxError, ReplayBody};
+
+pin_project! {
+    /// A request or response body: in memory, or streamed.
+    #[derive(Debug)]
+    pub struct Body {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind {
+        Full { data: Option<Bytes> },
+        Stream { prefix: Option<Bytes>, #[pin] rest: hyper::body::Incoming },
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full { data: None },
+        }
+    }
+
+    /// A body held in memory.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    /// A body streamed from a connection; it can be sent only once.
+    pub fn streaming(incoming: hyper::body::Incoming) -> Self {
+        Self {
+            kind: Kind::Stream {
+                prefix: None,
+                rest: incoming,
+            },
+        }
+    }
+
+    /// True when the body is in memory and so can be sent again.
+    pub fn is_replayable(&self) -> bool {
+        matches!(self.kind, Kind::Full { .. })
+    }
+
+    /// Reads `incoming` into memory if it is at most `limit` bytes; otherwise
+    /// keeps what was read as a prefix and streams the rest (not replayable).
+    ///
+    /// A body announcing a `Content-Length` over the limit is not read at all.
+    pub async fn buffer_for_replay(
+        mut incoming: hyper::body::Incoming,
+        limit: usize,
+    ) -> Result<Self, hyper::Error> {
+        use http_body::Body as _;
+        if incoming.size_hint().lower() > limit as u64 {
+            return Ok(Self::streaming(incoming));
+        }
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame?;
+            if let Ok(mut data) = frame.into_data() {
+                buf.extend_from_slice(&data.copy_to_bytes(data.remaining()));
+            }
+            // Trailers on a request body are dropped when buffering: HTTP/1.1
+            // upstreams rarely accept them and gRPC bodies are not replayed.
+            if buf.len() > limit {
+                return Ok(Self {
+                    kind: Kind::Stream {
+                        prefix: Some(buf.freeze()),
+                        rest: incoming,
+                    },
+                });
+            }
+        }
+        Ok(Self::full(buf.freeze()))
+    }
+
+    /// Collects the whole body into memory (for tests, health checks and
+    /// small control-plane responses; the proxy path streams instead).
+    pub async fn collect_bytes(self) -> Result<Bytes, BoxError> {
+        Ok(BodyExt::collect(self).await?.to_bytes())
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(data: Bytes) -> Self {
+        Self::full(data)
+    }
+}
+
+impl From<String> for Body {
+    fn from(data: String) -> Self {
+        Self::full(data)
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(data: &'static str) -> Self {
+        Self::full(data)
+    }
+}
+
+impl From<hyper::body::Incoming> for Body {
+    fn from(incoming: hyper::body::Incoming) -> Self {
+        Self::streaming(incoming)
+    }
+}
+
+impl ReplayBody for Body {
+    fn try_clone_body(&self) -> Option<Self> {
+        match &self.kind {
+            Kind::Full { data } => Some(Self {
+                kind: Kind::Full { data: data.clone() },
+            }),
+            Kind::Stream { .. } => None,
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Stream { prefix, rest } => {
+                if let Some(prefix) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                rest.poll_frame(cx).map_err(Into::into)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { data } => data.is_none(),
+            Kind::Stream { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Stream { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    #[tokio::test]
+    async fn full_bodies_replay_and_report_their_size() {
+        let body = Body::full("hello");
+        assert!(body.is_replayable());
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let copy = body.try_clone_body().unwrap();
+        assert_eq!(body.collect_bytes().await.unwrap(), "hello");
+        assert_eq!(copy.collect_bytes().await.unwrap(), "hello");
+        assert!(Body::empty().is_end_stream());
+    }
+}

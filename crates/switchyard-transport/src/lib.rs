@@ -1,0 +1,5 @@
+//! Outbound HTTP transport for Switchyard (being written).
+
+mod body;
+
+pub use body::Body;
