@@ -1,1 +1,3 @@
 //! The Switchyard gateway (being written).
+
+pub mod config;
