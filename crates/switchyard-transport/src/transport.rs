@@ -61,6 +61,14 @@ impl Transport {
         Self { client, open }
     }
 
+    /// Sends `req` (which must carry an absolute `http://` URI) through the
+    /// pool; the same as `Service::call` without needing `&mut self`.
+    pub fn send(&self, req: http::Request<Body>) -> ResponseFuture {
+        ResponseFuture {
+            inner: self.client.request(req),
+        }
+    }
+
     /// Outbound connections currently open (pooled idle ones included).
     pub fn open_connections(&self) -> usize {
         self.open.get()
@@ -77,9 +85,7 @@ impl tower_service::Service<http::Request<Body>> for Transport {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> ResponseFuture {
-        ResponseFuture {
-            inner: self.client.request(req),
-        }
+        self.send(req)
     }
 }
 
