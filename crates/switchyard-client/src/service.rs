@@ -432,14 +432,14 @@ fn sync_checkers(
         keep
     });
     for e in list.iter() {
-        if !checkers.contains_key(&e.addr()) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = checkers.entry(e.addr()) {
             let handle = tasks.spawn(health::check(
                 shared.name.clone(),
                 transport.clone(),
                 e.clone(),
                 config.clone(),
             ));
-            checkers.insert(e.addr(), (e.clone(), handle));
+            slot.insert((e.clone(), handle));
         }
     }
 }
