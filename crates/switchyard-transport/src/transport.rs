@@ -1,0 +1,117 @@
+//! The pooled HTTP client one service's requests go out through.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use hyper_util::{
+    client::legacy::{Client, ResponseFuture as ClientFuture},
+    rt::{TokioExecutor, TokioTimer},
+};
+use pin_project_lite::pin_project;
+
+use crate::{
+    Body, Protocol, TransportConfig, TransportError,
+    connect::{CountingConnector, OpenConnections},
+};
+
+/// Name of the gauge counting open outbound connections (labelled
+/// `service` when the transport was built with [`Transport::for_service`]).
+pub const OPEN_CONNECTIONS_GAUGE: &str = "switchyard_upstream_connections_open";
+
+/// A pooled HTTP/1.1 or HTTP/2 (h2c) client.
+///
+/// Cheap to clone: clones share one connection pool. Requests must carry an
+/// absolute `http://host:port/path` URI; the balancer sets it. The service
+/// is always ready (the pool opens connections on demand), so `poll_ready`
+/// exerts no backpressure: bound concurrency with a bulkhead above it.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    client: Client<CountingConnector, Body>,
+    open: Arc<OpenConnections>,
+}
+
+impl Transport {
+    /// A transport without a service label on its connection gauge.
+    pub fn new(config: &TransportConfig) -> Self {
+        Self::with_gauge(config, metrics::gauge!(OPEN_CONNECTIONS_GAUGE))
+    }
+
+    /// A transport whose connection gauge carries `service = <service>`.
+    pub fn for_service(config: &TransportConfig, service: &str) -> Self {
+        Self::with_gauge(
+            config,
+            metrics::gauge!(OPEN_CONNECTIONS_GAUGE, "service" => service.to_owned()),
+        )
+    }
+
+    fn with_gauge(config: &TransportConfig, gauge: metrics::Gauge) -> Self {
+        let open = Arc::new(OpenConnections::new(gauge));
+        let connector = CountingConnector::new(config, open.clone());
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
+            .http2_only(config.protocol == Protocol::Http2)
+            .build(connector);
+        Self { client, open }
+    }
+
+    /// Sends `req` (which must carry an absolute `http://` URI) through the
+    /// pool; the same as `Service::call` without needing `&mut self`.
+    pub fn send(&self, req: http::Request<Body>) -> ResponseFuture {
+        ResponseFuture {
+            inner: self.client.request(req),
+        }
+    }
+
+    /// Outbound connections currently open (pooled idle ones included).
+    pub fn open_connections(&self) -> usize {
+        self.open.get()
+    }
+}
+
+impl tower_service::Service<http::Request<Body>> for Transport {
+    type Response = http::Response<Body>;
+    type Error = TransportError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> ResponseFuture {
+        self.send(req)
+    }
+}
+
+pin_project! {
+    /// The response future of [`Transport`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture {
+        #[pin]
+        inner: ClientFuture,
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<Body>, TransportError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.poll(cx) {
+            Poll::Ready(Ok(res)) => Poll::Ready(Ok(res.map(Body::streaming))),
+            Poll::Ready(Err(err)) => Poll::Ready(Err(TransportError::from_client(err))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
