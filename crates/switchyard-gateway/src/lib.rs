@@ -1,3 +1,5 @@
 //! The Switchyard gateway (being written).
 
 pub mod config;
+pub mod problem;
+pub mod routes;
