@@ -4,3 +4,4 @@ pub mod config;
 pub mod problem;
 pub mod routes;
 pub mod framing;
+pub mod server;

@@ -2,4 +2,4 @@
 
 mod body;
 
-pub use body::Body;
+pub use body::{Body, BodyTooLarge};
