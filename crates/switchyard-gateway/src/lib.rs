@@ -5,3 +5,4 @@ pub mod problem;
 pub mod routes;
 pub mod framing;
 pub mod server;
+pub mod proxy;
