@@ -330,8 +330,8 @@ impl Inner {
         let table = self.table.load_full();
         let host = req
             .uri()
-            .host()
-            .map(str::to_owned)
+            .authority()
+            .map(|a| a.as_str().to_owned())
             .or_else(|| header_str(req.headers(), &header::HOST).map(str::to_owned));
         let path_and_query = req
             .uri()

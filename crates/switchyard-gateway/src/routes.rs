@@ -11,7 +11,8 @@
 //! - the listener is one of the route's `listeners` (or the route lists none);
 //! - the path matches the route's `path` pattern: literal segments,
 //!   `{name}` for one segment, `{*name}` for the rest of the path
-//!   (the [`matchit`] syntax); the query string is not part of the match;
+//!   (the [`matchit`] syntax; `/api/{*rest}` also matches `/api/`, with
+//!   `rest` empty); the query string is not part of the match;
 //! - the method is one of `methods` (or the route lists none);
 //! - the host equals `host`, compared case-insensitively and without the
 //!   port (or the route sets none);
@@ -82,6 +83,9 @@ struct CompiledRoute {
     group: usize,
     /// This route's pattern alone, for the fallback scan.
     tree: matchit::Router<()>,
+    /// For a pattern ending in `/{*name}`: the path before the catch-all
+    /// and the parameter's name, so `/api/` matches `/api/{*rest}` too.
+    bare_prefix: Option<(String, String)>,
 }
 
 /// A piece of a rewrite template.
@@ -170,6 +174,7 @@ impl Router {
                 retry_non_idempotent: route.retry_non_idempotent,
                 group,
                 tree: own,
+                bare_prefix: bare_prefix(&route.path),
                 name,
             });
         }
@@ -230,11 +235,33 @@ impl Router {
         };
 
         let matched = self.tree.at(path_only).ok();
+        // A catch-all's bare prefix equal to the whole path (`/api/` for
+        // `/api/{*rest}`) is more specific than any catch-all that matched.
+        let caught_all = matched
+            .as_ref()
+            .is_some_and(|m| self.routes[self.groups[*m.value][0]].bare_prefix.is_some());
+        if (matched.is_none() || caught_all) && path_only.ends_with('/') {
+            let bare = self.routes.iter().enumerate().find(|(_, route)| {
+                route
+                    .bare_prefix
+                    .as_ref()
+                    .is_some_and(|(prefix, _)| prefix == path_only)
+                    && accepts(route)
+            });
+            if let Some((index, route)) = bare {
+                let params = route
+                    .bare_prefix
+                    .iter()
+                    .map(|(_, name)| (name.clone(), String::new()))
+                    .collect();
+                return Some(self.finish(index, params, path_only, query));
+            }
+        }
         if let Some(m) = &matched {
             let group = *m.value;
             for &index in &self.groups[group] {
                 if accepts(&self.routes[index]) {
-                    return Some(self.finish(index, &m.params, path_only, query));
+                    return Some(self.finish(index, owned(&m.params), path_only, query));
                 }
             }
         }
@@ -244,7 +271,7 @@ impl Router {
                 continue;
             }
             if let Ok(m) = route.tree.at(path_only) {
-                return Some(self.finish(index, &m.params, path_only, query));
+                return Some(self.finish(index, owned(&m.params), path_only, query));
             }
         }
         None
@@ -253,14 +280,10 @@ impl Router {
     fn finish(
         &self,
         index: usize,
-        params: &matchit::Params<'_, '_>,
+        params: Vec<(String, String)>,
         path: &str,
         query: Option<&str>,
     ) -> RouteMatch {
-        let params: Vec<(String, String)> = params
-            .iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
         let mut upstream_path = match &self.routes[index].rewrite {
             None => path.to_owned(),
             Some(template) => {
@@ -309,6 +332,20 @@ impl CompiledRoute {
             .iter()
             .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
     }
+}
+
+fn owned(params: &matchit::Params<'_, '_>) -> Vec<(String, String)> {
+    params
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// `/api/` and `rest` for `/api/{*rest}`.
+fn bare_prefix(pattern: &str) -> Option<(String, String)> {
+    let (prefix, last) = pattern.rsplit_once("/{*")?;
+    let name = last.strip_suffix('}')?;
+    Some((format!("{prefix}/"), name.to_owned()))
 }
 
 /// `host` without its port; IPv6 literals keep their brackets.

@@ -266,3 +266,25 @@ fn default_names_for_metrics() {
     assert!(router.retry_non_idempotent(1));
     assert!(!router.retry_non_idempotent(0));
 }
+
+#[test]
+fn catch_all_also_matches_its_bare_prefix() {
+    let router = Router::new(&routes(
+        r#"
+        [[routes]]
+        path = "/{*rest}"
+        service = "all"
+        rewrite = "/v1/{rest}"
+        [[routes]]
+        path = "/api/{*rest}"
+        service = "api"
+        "#,
+    ))
+    .unwrap();
+    let root = get(&router, "/?q=1").unwrap();
+    assert_eq!(root.index(), 0);
+    assert_eq!(root.param("rest"), Some(""));
+    assert_eq!(root.upstream_path(), "/v1/?q=1");
+    assert_eq!(get(&router, "/api/").unwrap().index(), 1);
+    assert_eq!(get(&router, "/api").unwrap().index(), 0, "no slash: the root catch-all");
+}
