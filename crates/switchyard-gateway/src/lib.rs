@@ -1,8 +1,8 @@
 //! The Switchyard gateway (being written).
 
 pub mod config;
-pub mod problem;
-pub mod routes;
 pub mod framing;
-pub mod server;
+pub mod problem;
 pub mod proxy;
+pub mod routes;
+pub mod server;

@@ -182,7 +182,9 @@ impl Problem {
             "payload-too-large",
             "Payload too large",
         )
-        .detail(format!("the request body exceeds the limit of {limit} bytes"));
+        .detail(format!(
+            "the request body exceeds the limit of {limit} bytes"
+        ));
         p.close = true;
         p
     }
@@ -239,7 +241,10 @@ impl Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.kind));
         if let Some(after) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(after)),
+            );
         }
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -272,6 +272,7 @@ impl Inner {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let request_id = request_id(req.headers());
+        let version = req.version();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let mut outcome = Outcome {
@@ -280,9 +281,15 @@ impl Inner {
         };
         let mut res = match self.proxy(req, &request_id, &mut outcome).await {
             Ok(res) => res,
-            Err(problem) => problem.instance(request_id.to_str().unwrap_or("")).into_response(),
+            Err(problem) => problem
+                .instance(request_id.to_str().unwrap_or(""))
+                .into_response(),
         };
         res.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+        if version == Version::HTTP_2 {
+            // Connection-specific fields are illegal in HTTP/2 responses.
+            res.headers_mut().remove(header::CONNECTION);
+        }
 
         let status = res.status();
         let elapsed = start.elapsed();
@@ -393,8 +400,8 @@ impl Inner {
         );
         headers.insert(REQUEST_ID_HEADER, request_id.clone());
 
-        let replay = upstream.retries_enabled
-            && (is_idempotent(&parts.method) || retry_non_idempotent);
+        let replay =
+            upstream.retries_enabled && (is_idempotent(&parts.method) || retry_non_idempotent);
         let body = if replay {
             let limit = upstream
                 .retry_body_limit
@@ -404,8 +411,7 @@ impl Inner {
                 .map_err(|err| {
                     Problem::bad_request(format!("the request body could not be read: {err}"))
                 })?;
-            if !body.is_replayable() && http_body::Body::size_hint(&body).lower() > self.max_body
-            {
+            if !body.is_replayable() && http_body::Body::size_hint(&body).lower() > self.max_body {
                 return Err(Problem::payload_too_large(self.max_body));
             }
             body
@@ -461,9 +467,10 @@ impl Inner {
             }
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        let received_host = headers.get(header::HOST).cloned().or_else(|| {
-            host.and_then(|h| HeaderValue::from_str(h).ok())
-        });
+        let received_host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| host.and_then(|h| HeaderValue::from_str(h).ok()));
         if let Some(value) = received_host {
             if version == Version::HTTP_2 && !headers.contains_key(header::HOST) {
                 headers.insert(header::HOST, value.clone());
@@ -700,7 +707,8 @@ where
         match req.remaining() {
             Some(left) => {
                 let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                req.headers_mut().insert(DEADLINE_HEADER, HeaderValue::from(ms));
+                req.headers_mut()
+                    .insert(DEADLINE_HEADER, HeaderValue::from(ms));
             }
             None => {
                 req.headers_mut().remove(DEADLINE_HEADER);

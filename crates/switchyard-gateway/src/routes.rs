@@ -230,9 +230,8 @@ impl Router {
             None => (path, None),
         };
         let host = host.map(strip_port);
-        let accepts = |route: &CompiledRoute| {
-            route.serves(listener) && route.accepts(method, host, headers)
-        };
+        let accepts =
+            |route: &CompiledRoute| route.serves(listener) && route.accepts(method, host, headers);
 
         let matched = self.tree.at(path_only).ok();
         // A catch-all's bare prefix equal to the whole path (`/api/` for
@@ -426,7 +425,9 @@ fn parse_headers(
                 format!("routes[{index}] ({name}): headers: `{k}` is not a valid header name")
             })?;
             let value = HeaderValue::from_str(v).map_err(|_| {
-                format!("routes[{index}] ({name}): headers.{k}: the value is not a valid header value")
+                format!(
+                    "routes[{index}] ({name}): headers.{k}: the value is not a valid header value"
+                )
             })?;
             Ok((key, value))
         })

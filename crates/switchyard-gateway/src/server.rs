@@ -20,7 +20,7 @@
 //!
 //! Each request reaches the handler with two extensions: [`ClientAddr`],
 //! the peer's address, and, for HTTP/1.x, a
-//! [`ScannedFraming`](crate::framing::ScannedFraming) record of its raw
+//! [`ScannedFraming`] record of its raw
 //! framing headers (see [`crate::framing`]).
 //!
 //! Shutdown: when the `shutdown` future completes, the listening socket is

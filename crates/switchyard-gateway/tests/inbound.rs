@@ -18,7 +18,10 @@ path = "/{*rest}"
 service = "echo"
 "#;
 
-async fn gateway_with(limits: switchyard_gateway::config::ListenerConfig, routes_toml: &str) -> (Backend, Gateway) {
+async fn gateway_with(
+    limits: switchyard_gateway::config::ListenerConfig,
+    routes_toml: &str,
+) -> (Backend, Gateway) {
     let backend = Backend::start().await;
     let addr = backend.addr;
     let gateway = Gateway::start(
@@ -40,7 +43,10 @@ async fn proxied_get_and_post_carry_the_documented_headers() {
     let req = Request::get(gateway.url("/items?x=1"))
         .header("connection", "x-private")
         .header("x-private", "drop me")
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .header("x-forwarded-for", "203.0.113.9")
         .body(Body::empty())
         .unwrap();
@@ -57,7 +63,10 @@ async fn proxied_get_and_post_carry_the_documented_headers() {
     let seen = backend.seen();
     let got = &seen[0];
     assert_eq!(got.uri, "/items?x=1");
-    assert!(got.headers.get("x-private").is_none(), "named by Connection");
+    assert!(
+        got.headers.get("x-private").is_none(),
+        "named by Connection"
+    );
     assert_eq!(
         got.headers["traceparent"],
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -168,7 +177,10 @@ async fn no_route_is_a_404_problem() {
     assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(headers["x-switchyard-error"], "route-not-found");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["type"], "https://switchyard.dev/problems/route-not-found");
+    assert_eq!(
+        body["type"],
+        "https://switchyard.dev/problems/route-not-found"
+    );
     assert_eq!(body["instance"], "r-1");
     assert!(backend.seen().is_empty());
 }
@@ -219,7 +231,10 @@ async fn idle_keep_alive_connection_is_closed_by_the_header_read_timeout() {
     l.idle_timeout = Duration::from_secs(3600);
     let (_backend, gateway) = gateway_with(l, ONE_ROUTE).await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let first = read_response(&mut stream).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     // Then nothing: the server closes the idle connection.
@@ -234,7 +249,10 @@ async fn idle_timeout_closes_a_quiet_connection() {
     l.idle_timeout = Duration::from_millis(200);
     let (_backend, gateway) = gateway_with(l, ONE_ROUTE).await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
     assert!(read_to_close(&mut stream).await.is_empty());
 }
@@ -266,8 +284,10 @@ async fn oversized_and_too_many_headers_get_431() {
     // Over HTTP/2 the count is checked by the proxy: 431 problem+json.
     let mut req = Request::get(gateway.url("/")).body(Body::empty()).unwrap();
     for i in 0..30 {
-        req.headers_mut()
-            .insert(format!("x-h{i}").parse::<http::HeaderName>().unwrap(), "v".parse().unwrap());
+        req.headers_mut().insert(
+            format!("x-h{i}").parse::<http::HeaderName>().unwrap(),
+            "v".parse().unwrap(),
+        );
     }
     let (status, headers, _) = send(&h2_client(), req).await;
     assert_eq!(status, 431);
@@ -337,7 +357,10 @@ async fn conflicting_length_and_chunked_is_refused_and_never_forwarded() {
         .await;
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
         assert!(out.contains("application/problem+json"), "{out}");
-        assert!(out.contains("both content-length and transfer-encoding"), "{out}");
+        assert!(
+            out.contains("both content-length and transfer-encoding"),
+            "{out}"
+        );
         // One answer only: the smuggled request was never served.
         assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
     }
@@ -434,7 +457,10 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused, "the listener still accepts after shutdown");
-    assert!(!gateway.task.is_finished(), "serve waits for the in-flight request");
+    assert!(
+        !gateway.task.is_finished(),
+        "serve waits for the in-flight request"
+    );
 
     // The in-flight request still completes, then serve returns.
     backend.release();
@@ -457,7 +483,10 @@ async fn max_connections_holds_the_next_connection_until_one_closes() {
 
     // The first connection is served and kept open.
     let mut first = TcpStream::connect(gateway.addr).await.unwrap();
-    first.write_all(b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    first
+        .write_all(b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert!(read_response(&mut first).await.starts_with("HTTP/1.1 200"));
 
     // The second connects (the kernel queues it) but isn't served...

@@ -33,7 +33,10 @@ async fn check(err: Error, status: u16, kind: &str, retry_after: Option<&str>) {
         "{kind}"
     );
     let body = body_of(res).await;
-    assert_eq!(body["type"], format!("https://switchyard.dev/problems/{kind}"));
+    assert_eq!(
+        body["type"],
+        format!("https://switchyard.dev/problems/{kind}")
+    );
     assert_eq!(body["status"], status);
     assert_eq!(body["instance"], "req-7");
     assert_eq!(body["detail"], err.to_string());
@@ -69,7 +72,15 @@ async fn each_policy_error_has_its_status_kind_and_retry_after() {
         Some("1"),
     )
     .await;
-    check(Error::RateLimited { retry_after: Duration::ZERO }, 429, "rate-limited", Some("1")).await;
+    check(
+        Error::RateLimited {
+            retry_after: Duration::ZERO,
+        },
+        429,
+        "rate-limited",
+        Some("1"),
+    )
+    .await;
     check(Error::DeadlineExceeded, 504, "deadline-exceeded", None).await;
     check(Error::from_inner(Refused), 502, "upstream", None).await;
     // Retry errors answer with the status of the last attempt's cause.

@@ -57,8 +57,14 @@ fn request_ids_are_kept_when_usable_and_created_otherwise() {
 #[test]
 fn sidecar_service_prefers_the_header() {
     let headers = map(&[("x-switchyard-service", "billing")]);
-    assert_eq!(sidecar_service(&headers, Some("users:8080")), Some("billing"));
-    assert_eq!(sidecar_service(&HeaderMap::new(), Some("users:8080")), Some("users"));
+    assert_eq!(
+        sidecar_service(&headers, Some("users:8080")),
+        Some("billing")
+    );
+    assert_eq!(
+        sidecar_service(&HeaderMap::new(), Some("users:8080")),
+        Some("users")
+    );
     assert_eq!(sidecar_service(&HeaderMap::new(), None), None);
 }
 
@@ -69,7 +75,10 @@ async fn deadline_header_carries_the_time_left_when_the_request_leaves() {
     // An incoming budget of 800ms becomes the request's deadline.
     let mut headers = map(&[(DEADLINE_HEADER, "800")]);
     let deadline = take_deadline(&mut headers).unwrap();
-    assert!(!headers.contains_key(DEADLINE_HEADER), "the stale value is removed");
+    assert!(
+        !headers.contains_key(DEADLINE_HEADER),
+        "the stale value is removed"
+    );
 
     let svc = DeadlineHeaderLayer.layer(service_fn(|req: Request<Body>| async move {
         Ok::<_, Infallible>(req.headers().get(DEADLINE_HEADER).cloned())

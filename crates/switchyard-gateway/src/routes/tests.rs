@@ -77,7 +77,13 @@ fn less_specific_route_serves_a_method_the_specific_one_does_not() {
     ))
     .unwrap();
     assert_eq!(get(&router, "/users/me").unwrap().index(), 0);
-    let delete = router.route("main", &Method::DELETE, None, "/users/me", &HeaderMap::new());
+    let delete = router.route(
+        "main",
+        &Method::DELETE,
+        None,
+        "/users/me",
+        &HeaderMap::new(),
+    );
     let delete = delete.unwrap();
     assert_eq!(delete.index(), 1);
     assert_eq!(delete.param("id"), Some("me"));
@@ -156,7 +162,12 @@ fn headers_must_all_match() {
     .unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("x-canary", HeaderValue::from_static("1"));
-    let at = |h: &HeaderMap| router.route("main", &Method::GET, None, "/", h).unwrap().index();
+    let at = |h: &HeaderMap| {
+        router
+            .route("main", &Method::GET, None, "/", h)
+            .unwrap()
+            .index()
+    };
     assert_eq!(at(&headers), 1, "one header of two is not enough");
     headers.insert("x-team", HeaderValue::from_static("red"));
     assert_eq!(at(&headers), 0);
@@ -176,8 +187,16 @@ fn listeners_restrict_routes() {
     ))
     .unwrap();
     let h = HeaderMap::new();
-    assert!(router.route("internal", &Method::GET, None, "/", &h).is_some());
-    assert!(router.route("public", &Method::GET, None, "/", &h).is_none());
+    assert!(
+        router
+            .route("internal", &Method::GET, None, "/", &h)
+            .is_some()
+    );
+    assert!(
+        router
+            .route("public", &Method::GET, None, "/", &h)
+            .is_none()
+    );
 }
 
 #[test]
@@ -210,7 +229,10 @@ fn conflicting_patterns_name_both_routes() {
         "#,
     ))
     .unwrap_err();
-    assert!(err.contains("routes[0]") && err.contains("routes[1]"), "{err}");
+    assert!(
+        err.contains("routes[0]") && err.contains("routes[1]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -224,7 +246,10 @@ fn bad_config_is_explained() {
         "#,
     ))
     .unwrap_err();
-    assert!(err.contains("doesn't capture") && err.contains("id"), "{err}");
+    assert!(
+        err.contains("doesn't capture") && err.contains("id"),
+        "{err}"
+    );
     let err = Router::new(&routes(
         r#"
         [[routes]]
@@ -286,5 +311,9 @@ fn catch_all_also_matches_its_bare_prefix() {
     assert_eq!(root.param("rest"), Some(""));
     assert_eq!(root.upstream_path(), "/v1/?q=1");
     assert_eq!(get(&router, "/api/").unwrap().index(), 1);
-    assert_eq!(get(&router, "/api").unwrap().index(), 0, "no slash: the root catch-all");
+    assert_eq!(
+        get(&router, "/api").unwrap().index(),
+        0,
+        "no slash: the root catch-all"
+    );
 }

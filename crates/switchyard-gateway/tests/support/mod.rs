@@ -3,13 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -73,33 +67,41 @@ impl Backend {
                 let (stream, _) = listener.accept().await.unwrap();
                 let (seen, gate, arrived) = (s.clone(), g.clone(), a.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (seen, gate, arrived) = (seen.clone(), gate.clone(), arrived.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let path = parts.uri.path().to_owned();
-                            seen.lock().push(Seen {
-                                method: parts.method,
-                                uri: parts.uri.to_string(),
-                                version: parts.version,
-                                headers: parts.headers,
-                                body,
-                            });
-                            if path == "/slow" {
-                                arrived.notify_one();
-                                gate.notified().await;
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (seen, gate, arrived) =
+                                (seen.clone(), gate.clone(), arrived.clone());
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let path = parts.uri.path().to_owned();
+                                seen.lock().push(Seen {
+                                    method: parts.method,
+                                    uri: parts.uri.to_string(),
+                                    version: parts.version,
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                if path == "/slow" {
+                                    arrived.notify_one();
+                                    gate.notified().await;
+                                }
+                                let res = Response::builder()
+                                    .header("connection", "x-hop")
+                                    .header("x-hop", "secret")
+                                    .header("keep-alive", "timeout=5")
+                                    .header("x-backend", "yes")
+                                    .body(http_body_util::Full::new(Bytes::from(format!(
+                                        "ok:{path}"
+                                    ))))
+                                    .unwrap();
+                                Ok::<_, Infallible>(res)
                             }
-                            let res = Response::builder()
-                                .header("connection", "x-hop")
-                                .header("x-hop", "secret")
-                                .header("keep-alive", "timeout=5")
-                                .header("x-backend", "yes")
-                                .body(http_body_util::Full::new(Bytes::from(format!("ok:{path}"))))
-                                .unwrap();
-                            Ok::<_, Infallible>(res)
-                        }
-                    });
+                        });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -132,12 +134,15 @@ impl Backend {
 /// The upstream service for `backend`: a 5s deadline, the deadline header,
 /// and a hyper client sending to the backend's address.
 pub fn upstream(service: &str, backend: SocketAddr, retries_enabled: bool) -> Upstream {
-    let client: Client<HttpConnector, Body> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
     let send = service_fn(move |mut req: Request<Body>| {
         let client = client.clone();
         async move {
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
             *req.uri_mut() = format!("http://{backend}{pq}").parse().unwrap();
             let res = client.request(req).await.map_err(Error::from_inner)?;
             Ok::<_, Error>(res.map(Body::streaming))
