@@ -31,7 +31,15 @@ pin_project! {
     #[derive(Debug)]
     enum Kind {
         Full { data: Option<Bytes> },
-        Stream { prefix: Option<Bytes>, #[pin] rest: hyper::body::Incoming },
+        TooLarge { limit: u64 },
+        Stream {
+            prefix: Option<Bytes>,
+            #[pin]
+            rest: hyper::body::Incoming,
+            // Bytes still allowed before the body fails with `BodyTooLarge`.
+            allowed: Option<u64>,
+            limit: u64,
+        },
     }
 }
 
@@ -65,6 +73,8 @@ impl Body {
             kind: Kind::Stream {
                 prefix: None,
                 rest: incoming,
+                allowed: None,
+                limit: 0,
             },
         }
     }
@@ -99,6 +109,8 @@ impl Body {
                     kind: Kind::Stream {
                         prefix: Some(buf.freeze()),
                         rest: incoming,
+                        allowed: None,
+                        limit: 0,
                     },
                 });
             }
@@ -106,11 +118,44 @@ impl Body {
         Ok(Self::full(buf.freeze()))
     }
 
+    /// Caps a streamed body at `limit` bytes in total: past it, the body
+    /// yields a [`BodyTooLarge`] error (reachable with `is_caused_by`
+    /// through the client's error) instead of more data. An in-memory body
+    /// is returned as it is: its size is known, so the caller checks it.
+    pub fn limited(mut self, limit: u64) -> Self {
+        if let Kind::Stream {
+            prefix,
+            allowed,
+            limit: max,
+            ..
+        } = &mut self.kind
+        {
+            let seen = prefix.as_ref().map_or(0, |p| p.len() as u64);
+            if seen > limit {
+                // The part already read is over: fail on the first poll.
+                return Self {
+                    kind: Kind::TooLarge { limit },
+                };
+            }
+            *allowed = Some(limit - seen);
+            *max = limit;
+        }
+        self
+    }
+
     /// Collects the whole body into memory (for tests, health checks and
     /// small control-plane responses; the proxy path streams instead).
     pub async fn collect_bytes(self) -> Result<Bytes, BoxError> {
         Ok(BodyExt::collect(self).await?.to_bytes())
     }
+}
+
+/// A streamed body went past the limit set with [`Body::limited`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit, in bytes.
+    pub limit: u64,
 }
 
 impl From<Bytes> for Body {
@@ -143,7 +188,7 @@ impl ReplayBody for Body {
             Kind::Full { data } => Some(Self {
                 kind: Kind::Full { data: data.clone() },
             }),
-            Kind::Stream { .. } => None,
+            Kind::Stream { .. } | Kind::TooLarge { .. } => None,
         }
     }
 }
@@ -158,11 +203,27 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Stream { prefix, rest } => {
+            KindProj::TooLarge { limit } => {
+                Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))))
+            }
+            KindProj::Stream {
+                prefix,
+                rest,
+                allowed,
+                limit,
+            } => {
                 if let Some(prefix) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
                 }
-                rest.poll_frame(cx).map_err(Into::into)
+                let frame = std::task::ready!(rest.poll_frame(cx));
+                if let (Some(Ok(frame)), Some(allowed)) = (&frame, allowed) {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > *allowed {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
+                    }
+                    *allowed -= len;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
         }
     }
@@ -170,7 +231,8 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { data } => data.is_none(),
-            Kind::Stream { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            Kind::TooLarge { .. } => false,
+            Kind::Stream { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -179,7 +241,8 @@ impl http_body::Body for Body {
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Stream { prefix, rest } => {
+            Kind::TooLarge { .. } => SizeHint::new(),
+            Kind::Stream { prefix, rest, .. } => {
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();

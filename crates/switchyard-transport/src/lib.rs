@@ -44,7 +44,7 @@ mod connect;
 mod error;
 mod transport;
 
-pub use body::Body;
+pub use body::{Body, BodyTooLarge};
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE_PER_ENDPOINT,
     DEFAULT_TCP_KEEPALIVE, Protocol, TransportConfig,

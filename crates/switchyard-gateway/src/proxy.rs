@@ -1,0 +1,722 @@
+//! The proxy handler: one inbound request in, one upstream call, one
+//! response out; every failure becomes a problem+json answer
+//! ([`crate::problem`]), so [`Proxy`] never fails as a service.
+//!
+//! # One request
+//!
+//! 1. **Sanity.** Refused with `400` and never forwarded: both
+//!    `Content-Length` and `Transfer-Encoding`; more than one
+//!    `Content-Length` field (even with equal values) or a value that is not
+//!    one number; a `Transfer-Encoding` other than exactly `chunked`; an
+//!    HTTP/1.x request whose framing the server could not vouch for
+//!    ([`crate::framing`]). These answers close the connection. More header
+//!    fields than `max_headers` get `431`; a body over `max_body_bytes`
+//!    gets `413` (before anything is read when `Content-Length` says so,
+//!    otherwise as soon as the count passes the limit).
+//! 2. **Route** ([`crate::routes`]); no match gets `404` `route-not-found`.
+//!    In sidecar mode an unmatched request goes to the service named by its
+//!    `x-switchyard-service` header or else its `Host` header (port
+//!    ignored), when such a service is known.
+//! 3. **Upstream request**: same method, the rewritten path and query,
+//!    the headers below, and the body: buffered (so the policy stack can
+//!    retry or hedge it) when the route's service retries and the method is
+//!    idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) or the route sets
+//!    `retry_non_idempotent`, and the body fits the service's retry body
+//!    limit; streamed otherwise (a streamed body is not replayable, so the
+//!    policies don't retry it).
+//! 4. **Response**: the upstream's, minus hop-by-hop headers, plus
+//!    `x-request-id`; or the problem answer for the error.
+//!
+//! # Headers Switchyard adds or changes
+//!
+//! On the request sent upstream:
+//!
+//! | header | what |
+//! | --- | --- |
+//! | hop-by-hop fields | removed (RFC 9110 §7.6.1): `Connection` and every field it names, `Keep-Alive`, `Proxy-Connection`, `TE` (except `te: trailers`, kept for gRPC), `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate`, `Proxy-Authorization` |
+//! | `x-forwarded-for` | the client's IP appended to any list received |
+//! | `x-forwarded-proto` | set to `http` |
+//! | `x-forwarded-host` | set to the `Host` (or HTTP/2 `:authority`) received |
+//! | `host` | added from `:authority` for HTTP/2 clients (kept as received otherwise) |
+//! | `x-request-id` | kept when the client sent a usable one (1–128 visible ASCII characters), otherwise created: 32 random hex digits |
+//! | `traceparent`, `tracestate` | passed on unchanged |
+//! | [`DEADLINE_HEADER`] `x-switchyard-deadline-ms` | the time left for the call when the request leaves, in whole milliseconds, written by [`DeadlineHeader`] (the received value is removed first) |
+//!
+//! On the response to the client: hop-by-hop fields removed as above,
+//! `x-request-id` set; problem answers add the headers listed in
+//! [`crate::problem`].
+//!
+//! # Deadline propagation
+//!
+//! `x-switchyard-deadline-ms: <n>` on an incoming request means "the caller
+//! waits at most `n` more milliseconds" (a decimal integer; values that
+//! don't parse or exceed [`MAX_PROPAGATED_DEADLINE_MS`] are ignored). The
+//! proxy sets the request's
+//! deadline to now + n before it enters the policy stack, whose deadline
+//! layer keeps the earlier of that and its own timeout. [`DeadlineHeader`],
+//! placed between the policy stack and the transport, writes the time
+//! still left into the outgoing request, so each hop passes on a smaller
+//! budget.
+//!
+//! # Hot swap
+//!
+//! The routes and their upstream services are one [`RouteTable`] behind an
+//! [`ArcSwap`]; [`Proxy::swap`] replaces it atomically. A request uses the
+//! table it started with until it ends, so a reload drops nothing in
+//! flight.
+//!
+//! Metrics: counter `switchyard_requests_total{listener,route,service,status}`
+//! and histogram `switchyard_request_duration_seconds{listener,route,service}`;
+//! `route` is the route's name, `sidecar` for sidecar-routed requests and
+//! `-` when none matched.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use switchyard_policy::{Error, PolicyRequest, ReplayBody, is_caused_by};
+use switchyard_transport::{Body, BodyTooLarge};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt, util::BoxCloneSyncService};
+use tower_layer::Layer;
+
+use crate::{
+    config::ListenerConfig,
+    framing::ScannedFraming,
+    problem::{self, Cause, NoRoute, Problem},
+    routes::{Router, strip_port},
+    server::ClientAddr,
+};
+
+/// The request id header, kept or created.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The remaining-deadline header, in whole milliseconds.
+pub const DEADLINE_HEADER: &str = "x-switchyard-deadline-ms";
+/// The header naming the service in sidecar mode.
+pub const SERVICE_HEADER: &str = "x-switchyard-service";
+/// Largest incoming [`DEADLINE_HEADER`] value honoured (one day); larger
+/// or unparsable values are ignored, as if the header were absent.
+pub const MAX_PROPAGATED_DEADLINE_MS: u64 = 24 * 60 * 60 * 1000;
+/// Longest incoming request id kept.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The upstream service type: the policy stack around a service client.
+pub type UpstreamService = BoxCloneSyncService<Request<Body>, Response<Body>, Error>;
+
+/// A hook recognising extra causes in upstream errors (see [`problem::caused_by`]).
+pub type CauseHook = Arc<dyn Fn(&Error) -> Option<Cause> + Send + Sync>;
+
+/// Where one route's (or one sidecar service's) requests go.
+#[derive(Clone)]
+pub struct Upstream {
+    /// The service's name, for metrics and logs.
+    pub service: String,
+    /// Whether the service's policies retry or hedge (then replayable
+    /// bodies are buffered).
+    pub retries_enabled: bool,
+    /// Largest body buffered for a retry, in bytes; larger bodies stream.
+    pub retry_body_limit: usize,
+    /// The policy stack and client.
+    pub svc: UpstreamService,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("service", &self.service)
+            .field("retries_enabled", &self.retries_enabled)
+            .field("retry_body_limit", &self.retry_body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routes and where they go: swapped whole on reload.
+#[derive(Debug)]
+pub struct RouteTable {
+    router: Router,
+    upstreams: Vec<Upstream>,
+    sidecar: HashMap<String, Upstream>,
+}
+
+impl RouteTable {
+    /// A table from compiled routes, one [`Upstream`] per route (same
+    /// order), and the services reachable in sidecar mode by name.
+    pub fn new(
+        router: Router,
+        upstreams: Vec<Upstream>,
+        sidecar: HashMap<String, Upstream>,
+    ) -> Result<Self, String> {
+        if router.len() != upstreams.len() {
+            return Err(format!(
+                "{} routes but {} upstreams: give one upstream per route, in route order",
+                router.len(),
+                upstreams.len()
+            ));
+        }
+        Ok(Self {
+            router,
+            upstreams,
+            sidecar,
+        })
+    }
+
+    /// The compiled routes.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+}
+
+/// The proxy handler of one listener; see the [module docs](self).
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    listener: String,
+    max_body: u64,
+    max_headers: usize,
+    sidecar: bool,
+    table: Arc<ArcSwap<RouteTable>>,
+    causes: CauseHook,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("listener", &self.inner.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy for `listener` (its name, `max_body_bytes`, `max_headers`
+    /// and `sidecar` are used) serving `table`, which may be shared with
+    /// other listeners' proxies so one swap updates all.
+    pub fn new(listener: &ListenerConfig, table: Arc<ArcSwap<RouteTable>>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                listener: listener.name.clone(),
+                max_body: listener.max_body_bytes,
+                max_headers: listener.max_headers,
+                sidecar: listener.sidecar,
+                table,
+                causes: Arc::new(problem::no_causes),
+            }),
+        }
+    }
+
+    /// Recognises extra causes in upstream errors (such as "no healthy
+    /// endpoint") for the problem answers.
+    pub fn with_causes(
+        self,
+        causes: impl Fn(&Error) -> Option<Cause> + Send + Sync + 'static,
+    ) -> Self {
+        let inner = Inner {
+            listener: self.inner.listener.clone(),
+            max_body: self.inner.max_body,
+            max_headers: self.inner.max_headers,
+            sidecar: self.inner.sidecar,
+            table: self.inner.table.clone(),
+            causes: Arc::new(causes),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Replaces the route table; requests in flight finish with the old one.
+    pub fn swap(&self, table: RouteTable) {
+        self.inner.table.store(Arc::new(table));
+    }
+
+    /// The shared, swappable table.
+    pub fn table(&self) -> &Arc<ArcSwap<RouteTable>> {
+        &self.inner.table
+    }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    /// Always ready: backpressure comes from each upstream's own readiness,
+    /// awaited per request.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.handle(req).await) })
+    }
+}
+
+/// Labels and outcome of one request, for metrics and the log line.
+struct Outcome {
+    route: String,
+    service: String,
+}
+
+impl Inner {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let request_id = request_id(req.headers());
+        let version = req.version();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut outcome = Outcome {
+            route: "-".to_owned(),
+            service: "-".to_owned(),
+        };
+        let mut res = match self.proxy(req, &request_id, &mut outcome).await {
+            Ok(res) => res,
+            Err(problem) => problem
+                .instance(request_id.to_str().unwrap_or(""))
+                .into_response(),
+        };
+        res.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+        if version == Version::HTTP_2 {
+            // Connection-specific fields are illegal in HTTP/2 responses.
+            res.headers_mut().remove(header::CONNECTION);
+        }
+
+        let status = res.status();
+        let elapsed = start.elapsed();
+        let labels = [
+            ("listener", self.listener.clone()),
+            ("route", outcome.route.clone()),
+            ("service", outcome.service.clone()),
+        ];
+        metrics::histogram!("switchyard_request_duration_seconds", &labels)
+            .record(elapsed.as_secs_f64());
+        let [l, r, s] = labels;
+        metrics::counter!(
+            "switchyard_requests_total",
+            &[l, r, s, ("status", status.as_str().to_owned())]
+        )
+        .increment(1);
+        tracing::debug!(
+            listener = %self.listener,
+            %method,
+            %path,
+            route = %outcome.route,
+            service = %outcome.service,
+            status = status.as_u16(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "request"
+        );
+        res
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Problem> {
+        check_framing(&req)?;
+        if req.headers().len() > self.max_headers {
+            return Err(Problem::header_too_large(self.max_headers));
+        }
+        if content_length(req.headers()).is_some_and(|len| len > self.max_body) {
+            return Err(Problem::payload_too_large(self.max_body));
+        }
+
+        // Keep this table for the whole request, whatever a reload does.
+        let table = self.table.load_full();
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| header_str(req.headers(), &header::HOST).map(str::to_owned));
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let (upstream, upstream_path, retry_non_idempotent) = match table.router.route(
+            &self.listener,
+            req.method(),
+            host.as_deref(),
+            &path_and_query,
+            req.headers(),
+        ) {
+            Some(m) => {
+                let index = m.index();
+                outcome.route = table.router.name(index).unwrap_or("-").to_owned();
+                (
+                    &table.upstreams[index],
+                    m.upstream_path().to_owned(),
+                    table.router.retry_non_idempotent(index),
+                )
+            }
+            None => {
+                let named = self
+                    .sidecar
+                    .then(|| sidecar_service(req.headers(), host.as_deref()))
+                    .flatten()
+                    .and_then(|name| table.sidecar.get(name));
+                match named {
+                    Some(upstream) => {
+                        outcome.route = "sidecar".to_owned();
+                        (upstream, path_and_query.clone(), false)
+                    }
+                    None => {
+                        return Err(Problem::route_not_found(&NoRoute {
+                            method: req.method().clone(),
+                            path: req.uri().path().to_owned(),
+                        }));
+                    }
+                }
+            }
+        };
+        outcome.service = upstream.service.clone();
+
+        let (parts, incoming) = req.into_parts();
+        let uri: Uri = upstream_path.parse().map_err(|_| {
+            Problem::bad_request(format!(
+                "the upstream path `{upstream_path}` is not a valid request target"
+            ))
+        })?;
+        let mut headers = parts.headers;
+        let deadline = take_deadline(&mut headers);
+        remove_hop_by_hop(&mut headers);
+        self.forwarded_headers(
+            &mut headers,
+            parts.version,
+            host.as_deref(),
+            parts.extensions.get::<ClientAddr>(),
+        );
+        headers.insert(REQUEST_ID_HEADER, request_id.clone());
+
+        let replay =
+            upstream.retries_enabled && (is_idempotent(&parts.method) || retry_non_idempotent);
+        let body = if replay {
+            let limit = upstream
+                .retry_body_limit
+                .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
+            let body = Body::buffer_for_replay(incoming, limit)
+                .await
+                .map_err(|err| {
+                    Problem::bad_request(format!("the request body could not be read: {err}"))
+                })?;
+            if !body.is_replayable() && http_body::Body::size_hint(&body).lower() > self.max_body {
+                return Err(Problem::payload_too_large(self.max_body));
+            }
+            body
+        } else {
+            Body::streaming(incoming)
+        };
+
+        let mut out = Request::new(body.limited(self.max_body));
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = uri;
+        *out.headers_mut() = headers;
+        if let Some(deadline) = deadline {
+            out.set_deadline(deadline);
+        }
+
+        match upstream.svc.clone().oneshot(out).await {
+            Ok(mut res) => {
+                remove_hop_by_hop(res.headers_mut());
+                Ok(res)
+            }
+            Err(err) if is_caused_by::<BodyTooLarge>(&err) => {
+                Err(Problem::payload_too_large(self.max_body))
+            }
+            Err(err) => {
+                tracing::debug!(
+                    listener = %self.listener,
+                    service = %upstream.service,
+                    error = %ErrorChain(&err),
+                    "upstream call failed"
+                );
+                Err(Problem::from_error(&err, &*self.causes))
+            }
+        }
+    }
+
+    fn forwarded_headers(
+        &self,
+        headers: &mut HeaderMap,
+        version: Version,
+        host: Option<&str>,
+        client: Option<&ClientAddr>,
+    ) {
+        if let Some(ClientAddr(addr)) = client {
+            let ip = addr.ip().to_string();
+            let mut list: Vec<&str> = headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            list.push(&ip);
+            if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+                headers.insert(X_FORWARDED_FOR, value);
+            }
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let received_host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| host.and_then(|h| HeaderValue::from_str(h).ok()));
+        if let Some(value) = received_host {
+            if version == Version::HTTP_2 && !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, value.clone());
+            }
+            headers.insert(X_FORWARDED_HOST, value);
+        }
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Refuses requests whose framing is ambiguous; see the module docs.
+fn check_framing(req: &Request<Incoming>) -> Result<(), Problem> {
+    if let Some(ScannedFraming(record)) = req.extensions().get::<ScannedFraming>() {
+        match record {
+            None => {
+                return Err(Problem::bad_request(
+                    "the request's framing could not be verified",
+                ));
+            }
+            Some(record) => {
+                if let Some(why) = record.ambiguity() {
+                    return Err(Problem::bad_request(why));
+                }
+            }
+        }
+    }
+    let headers = req.headers();
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let codings: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if lengths > 0 && !codings.is_empty() {
+        return Err(Problem::bad_request(
+            "the request has both content-length and transfer-encoding",
+        ));
+    }
+    if lengths > 1 {
+        return Err(Problem::bad_request(
+            "the request has more than one content-length field",
+        ));
+    }
+    if lengths == 1 && content_length(headers).is_none() {
+        return Err(Problem::bad_request(
+            "the request's content-length is not one number",
+        ));
+    }
+    match codings.as_slice() {
+        [] => {}
+        [one] if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => {}
+        _ => {
+            return Err(Problem::bad_request(
+                "the only transfer-encoding accepted is `chunked`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The single `Content-Length` value, when there is exactly one valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let digits = value.as_bytes().trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The received request id if usable, otherwise a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID_HEADER) {
+        let bytes = id.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_graphic())
+        {
+            return id.clone();
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    // 32 hex digits are always a valid header value.
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Removes the incoming deadline header and returns the deadline it sets.
+fn take_deadline(headers: &mut HeaderMap) -> Option<Instant> {
+    let value = headers.remove(DEADLINE_HEADER)?;
+    let ms: u64 = value.to_str().ok()?.trim().parse().ok()?;
+    if ms > MAX_PROPAGATED_DEADLINE_MS {
+        return None;
+    }
+    Instant::now().checked_add(Duration::from_millis(ms))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The service a sidecar request names: `x-switchyard-service`, else the
+/// host without its port.
+fn sidecar_service<'a>(headers: &'a HeaderMap, host: Option<&'a str>) -> Option<&'a str> {
+    header_str(headers, &HeaderName::from_static(SERVICE_HEADER))
+        .or(host.map(strip_port))
+        .map(str::trim)
+}
+
+/// Methods RFC 9110 calls idempotent.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1), keeping `te: trailers`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let keeps_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    if keeps_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Displays an error with its source chain, for logs.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+// === impl DeadlineHeader ===
+
+/// Writes the time left for the call into [`DEADLINE_HEADER`]; see
+/// [`DeadlineHeader`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineHeaderLayer;
+
+impl<S> Layer<S> for DeadlineHeaderLayer {
+    type Service = DeadlineHeader<S>;
+
+    fn layer(&self, inner: S) -> DeadlineHeader<S> {
+        DeadlineHeader { inner }
+    }
+}
+
+/// Sets `x-switchyard-deadline-ms` to the request's remaining deadline
+/// ([`PolicyRequest::remaining`], whole milliseconds rounded down) just
+/// before it goes to the transport, and removes the header when the
+/// request has no deadline. Place it between the policy stack and the
+/// service client, so it runs once per attempt with the time then left.
+///
+/// Backpressure: `poll_ready` is the inner service's.
+#[derive(Debug, Clone)]
+pub struct DeadlineHeader<S> {
+    inner: S,
+}
+
+impl<S> DeadlineHeader<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for DeadlineHeader<S>
+where
+    S: Service<Request<B>>,
+    B: ReplayBody,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        match req.remaining() {
+            Some(left) => {
+                let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                req.headers_mut()
+                    .insert(DEADLINE_HEADER, HeaderValue::from(ms));
+            }
+            None => {
+                req.headers_mut().remove(DEADLINE_HEADER);
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+use super::*;
+
+fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in pairs {
+        headers.append(*k, HeaderValue::from_static(v));
+    }
+    headers
+}
+
+#[test]
+fn hop_by_hop_fields_go_and_te_trailers_stays() {
+    let mut headers = map(&[
+        ("connection", "keep-alive, X-Secret"),
+        ("x-secret", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("te", "gzip, trailers"),
+        ("trailer", "x-checksum"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("proxy-authorization", "Basic x"),
+        ("proxy-authenticate", "Basic"),
+        ("traceparent", "00-abc-def-01"),
+        ("x-end-to-end", "kept"),
+    ]);
+    remove_hop_by_hop(&mut headers);
+    let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["te", "traceparent", "x-end-to-end"]);
+    assert_eq!(headers["te"], "trailers");
+}
+
+#[test]
+fn content_length_must_be_one_number() {
+    assert_eq!(content_length(&map(&[("content-length", "12")])), Some(12));
+    assert_eq!(content_length(&map(&[("content-length", "1,1")])), None);
+    assert_eq!(content_length(&map(&[("content-length", "-1")])), None);
+    assert_eq!(
+        content_length(&map(&[("content-length", "1"), ("content-length", "1")])),
+        None
+    );
+    assert_eq!(content_length(&HeaderMap::new()), None);
+}
+
+#[test]
+fn request_ids_are_kept_when_usable_and_created_otherwise() {
+    let kept = request_id(&map(&[("x-request-id", "abc-123")]));
+    assert_eq!(kept, "abc-123");
+    let created = request_id(&map(&[("x-request-id", "has space")]));
+    assert_eq!(created.len(), 32);
+    assert!(created.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    // Two created ids differ.
+    assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+}
+
+#[test]
+fn sidecar_service_prefers_the_header() {
+    let headers = map(&[("x-switchyard-service", "billing")]);
+    assert_eq!(
+        sidecar_service(&headers, Some("users:8080")),
+        Some("billing")
+    );
+    assert_eq!(
+        sidecar_service(&HeaderMap::new(), Some("users:8080")),
+        Some("users")
+    );
+    assert_eq!(sidecar_service(&HeaderMap::new(), None), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_header_carries_the_time_left_when_the_request_leaves() {
+    use tower::service_fn;
+
+    // An incoming budget of 800ms becomes the request's deadline.
+    let mut headers = map(&[(DEADLINE_HEADER, "800")]);
+    let deadline = take_deadline(&mut headers).unwrap();
+    assert!(
+        !headers.contains_key(DEADLINE_HEADER),
+        "the stale value is removed"
+    );
+
+    let svc = DeadlineHeaderLayer.layer(service_fn(|req: Request<Body>| async move {
+        Ok::<_, Infallible>(req.headers().get(DEADLINE_HEADER).cloned())
+    }));
+    let mut req = Request::new(Body::empty());
+    req.set_deadline(deadline);
+    // 300ms pass in the policy stack before the request is sent.
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let sent = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(sent.unwrap(), "500");
+
+    // Without a deadline, no header (even if one was copied in).
+    let mut req = Request::new(Body::empty());
+    req.headers_mut()
+        .insert(DEADLINE_HEADER, HeaderValue::from_static("9"));
+    assert_eq!(svc.oneshot(req).await.unwrap(), None);
+
+    // Garbage and absurd values are ignored rather than trusted.
+    assert_eq!(take_deadline(&mut map(&[(DEADLINE_HEADER, "soon")])), None);
+    assert_eq!(
+        take_deadline(&mut map(&[(DEADLINE_HEADER, "18446744073709551615")])),
+        None
+    );
+}

@@ -1,0 +1,339 @@
+//! The inbound server loop of one listener: accept, limit, serve, drain.
+//!
+//! [`serve`] accepts TCP connections and serves HTTP/1.1 and HTTP/2 with
+//! prior knowledge (h2c) on the same port (the protocol is chosen by the
+//! connection's first bytes), calling one handler per request. The
+//! listener's [`ListenerConfig`] limits apply:
+//!
+//! | key | effect |
+//! | --- | --- |
+//! | `max_header_bytes` | HTTP/1.1: hyper's read buffer is capped at this size, so a larger header section gets `431` and the connection closes. hyper can't go below 8192 bytes, so smaller values act as 8192. HTTP/2: the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`. |
+//! | `max_headers` | HTTP/1.1: more header fields get `431` from hyper. HTTP/2: checked by the proxy (`431` problem+json). |
+//! | `header_read_timeout` | HTTP/1.1: the time a client has to send a request's complete header section, counted from the connection's start or the end of the previous response; when it passes the connection is closed without an answer. This is also how long an idle keep-alive connection is kept (hyper starts the timer as soon as it waits for the next request). |
+//! | `idle_timeout` | A connection with no request in flight for this long is closed (HTTP/1.1) or sent `GOAWAY` (HTTP/2). For HTTP/1.1 the shorter of this and `header_read_timeout` applies. |
+//! | `max_connections` | At most this many connections are served at once; when full, no more are accepted (they wait in the kernel's accept queue) until one closes. |
+//! | `max_body_bytes` | Enforced by the proxy ([`crate::proxy`]). |
+//!
+//! HTTP/2 connections also send a PING every [`H2_KEEP_ALIVE_INTERVAL`] and
+//! close when one goes unanswered for [`H2_KEEP_ALIVE_TIMEOUT`]. Accepted
+//! sockets have `TCP_NODELAY` set.
+//!
+//! Each request reaches the handler with two extensions: [`ClientAddr`],
+//! the peer's address, and, for HTTP/1.x, a
+//! [`ScannedFraming`] record of its raw
+//! framing headers (see [`crate::framing`]).
+//!
+//! Shutdown: when the `shutdown` future completes, the listening socket is
+//! closed (new connections are refused), every connection is told to finish
+//! (HTTP/1.1: close after the response in flight, or at once when idle;
+//! HTTP/2: `GOAWAY`, then finish the open streams), and [`serve`] returns
+//! when all connections have closed or `drain_timeout` has passed, whichever
+//! comes first; connections still open then are cut.
+//!
+//! Metrics: gauge `switchyard_connections_open{listener}`, counter
+//! `switchyard_connections_total{listener}`.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use pin_project_lite::pin_project;
+use switchyard_transport::Body;
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, Semaphore, watch},
+    task::JoinSet,
+};
+use tower::{Service, ServiceExt};
+
+use crate::{
+    config::ListenerConfig,
+    framing::{Records, ScannedFraming, ScannedIo},
+};
+
+/// Interval between HTTP/2 keep-alive PINGs.
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Time an HTTP/2 keep-alive PING may go unanswered before the connection closes.
+pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// hyper's smallest allowed HTTP/1 read buffer.
+pub const MIN_HEADER_BUF: usize = 8192;
+
+/// The address of the client a request came from (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Serves `listener` with `handler` until `shutdown` completes, then drains
+/// for at most `drain_timeout`; see the [module docs](self).
+///
+/// Errors accepting a connection are logged and the loop goes on (a full
+/// file table must not stop the listener), so this returns `Ok(())` once
+/// drained.
+pub async fn serve<H>(
+    listener: TcpListener,
+    limits: &ListenerConfig,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    drain_timeout: Duration,
+) -> io::Result<()>
+where
+    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    H::Future: Send + 'static,
+{
+    let name: Arc<str> = Arc::from(limits.name.as_str());
+    let builder = Arc::new(builder(limits));
+    let max_head = limits.max_header_bytes.max(MIN_HEADER_BUF);
+    let idle_timeout = limits.idle_timeout;
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+    let labels = [("listener", name.to_string())];
+    let open = metrics::gauge!("switchyard_connections_open", &labels);
+    let total = metrics::counter!("switchyard_connections_total", &labels);
+
+    tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), "listening");
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(listener = %name, %err, "accept failed");
+                    // Resource errors (EMFILE) repeat at once; don't spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "set_nodelay failed");
+        }
+        total.increment(1);
+        open.increment(1.0);
+        let open = open.clone();
+        let builder = builder.clone();
+        let mut drain_rx = drain_rx.clone();
+        let handler = handler.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let (io, records) = ScannedIo::new(stream, max_head);
+            let activity = Arc::new(Activity::default());
+            let svc = ConnService {
+                handler,
+                peer,
+                records,
+                activity: activity.clone(),
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            let mut conn = pin!(conn);
+            let mut idle = pin!(activity.idle(idle_timeout));
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    res = conn.as_mut() => {
+                        if let Err(err) = res {
+                            tracing::debug!(%peer, %err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = drain_rx.wait_for(|draining| *draining), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = &mut idle, if !closing => {
+                        tracing::debug!(%peer, "closing idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+            open.decrement(1.0);
+        });
+    }
+
+    // Refuse new connections at once, then let the open ones finish.
+    drop(listener);
+    let _ = drain_tx.send(true);
+    tracing::info!(listener = %name, connections = conns.len(), "draining");
+    let drained = tokio::time::timeout(drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            listener = %name,
+            connections = conns.len(),
+            "drain timeout passed; closing the remaining connections"
+        );
+        conns.shutdown().await;
+    }
+    Ok(())
+}
+
+fn builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUF))
+        .max_headers(limits.max_headers)
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    builder
+}
+
+// === impl ConnService ===
+
+/// The per-connection service: adds the connection's extensions and tracks
+/// requests in flight for the idle timeout.
+#[derive(Clone)]
+struct ConnService<H> {
+    handler: H,
+    peer: SocketAddr,
+    records: Records,
+    activity: Arc<Activity>,
+}
+
+impl<H> hyper::service::Service<Request<Incoming>> for ConnService<H>
+where
+    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    H::Future: Send + 'static,
+{
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ClientAddr(self.peer));
+        if req.version() != Version::HTTP_2 {
+            // Heads are scanned before hyper parses them, so this request's
+            // record is the oldest one; none means the scanner lost track.
+            let record = self.records.lock().pop_front();
+            req.extensions_mut().insert(ScannedFraming(record));
+        }
+        let guard = InFlight::start(self.activity.clone());
+        let handler = self.handler.clone();
+        Box::pin(async move {
+            let res = handler.oneshot(req).await?;
+            Ok(res.map(|inner| TrackedBody {
+                inner,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+// === impl Activity ===
+
+/// Requests in flight on one connection, and a wake-up on every change.
+#[derive(Debug, Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    changed: Notify,
+}
+
+impl Activity {
+    /// Completes once the connection has had no request in flight for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => return,
+                    () = self.changed.notified() => {}
+                }
+            } else {
+                self.changed.notified().await;
+            }
+        }
+    }
+}
+
+/// Counts one request in flight until dropped (with the response body, or
+/// with the handler's future when the client goes away first).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        // notify_one keeps a permit when nobody waits, so no change is missed.
+        activity.changed.notify_one();
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted in flight until it
+    /// is dropped.
+    struct TrackedBody {
+        #[pin]
+        inner: Body,
+        _guard: InFlight,
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = switchyard_policy::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
