@@ -2,10 +2,17 @@
 //!
 //! Every key is documented in `docs/config.md` with its default.
 
+mod load;
+
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use switchyard_client::{BalancerConfig, HealthCheckConfig, OutlierConfig};
+use switchyard_discovery::Endpoint;
 use switchyard_policy::PolicyConfig;
+use switchyard_transport::{Protocol, TransportConfig};
+
+pub use load::{ConfigError, Problem, Seg};
 
 /// Default address of the admin listener (loopback only).
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
@@ -24,6 +31,151 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time in-flight requests get to finish on shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default cap on a request body buffered so a retry or hedge can resend it.
+pub const DEFAULT_RETRY_BODY_LIMIT: usize = 64 * 1024;
+
+/// The whole gateway configuration (one TOML file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin listener. Default: `127.0.0.1:9901`.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Listeners clients connect to. At least one.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Services by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Routes, matched in order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Policies for services that set none (`[defaults.policy]`).
+    #[serde(default)]
+    pub defaults: DefaultsConfig,
+    /// Shutdown behaviour.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// The admin listener: metrics, health, state, reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Default `"127.0.0.1:9901"`; loopback
+    /// unless you put it behind authentication.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_ADMIN_LISTEN,
+        }
+    }
+}
+
+/// Defaults applied to every service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsConfig {
+    /// Policies of a service that sets no `policy` table. Default: the policy
+    /// defaults (10s timeout, 3 attempts with a 20% budget, breaker on).
+    pub policy: PolicyConfig,
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Time in-flight requests get to finish after SIGTERM. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// One upstream service: where its instances are and how to call them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Static endpoints: `"127.0.0.1:9001"` or `{ addr = "...", weight = 2,
+    /// metadata = { zone = "a" } }`. Required (the registry issue adds
+    /// dynamic discovery).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// `"http1"` (default) or `"http2"` (prior knowledge, h2c).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Time to open a connection to an endpoint. Default `"1s"`.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this. Default `"90s"`.
+    #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per endpoint. Default 256.
+    #[serde(default = "defaults::pool_max_idle_per_endpoint")]
+    pub pool_max_idle_per_endpoint: usize,
+    /// TCP keep-alive probe interval on upstream connections. Default `"60s"`.
+    #[serde(default = "defaults::tcp_keepalive", with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// Largest request body buffered so that a retry or hedge can resend it;
+    /// larger bodies stream and are not retried. Default 65536.
+    #[serde(default = "defaults::retry_body_limit")]
+    pub retry_body_limit: usize,
+    /// Load balancer settings.
+    #[serde(default)]
+    pub balancer: BalancerConfig,
+    /// Passive outlier ejection.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// Active health checks. Default: none.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Policies for calls to this service. Default: `[defaults.policy]`.
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
+}
+
+impl ServiceConfig {
+    /// The transport settings of this service.
+    pub fn transport(&self) -> TransportConfig {
+        TransportConfig {
+            protocol: self.protocol,
+            connect_timeout: self.connect_timeout,
+            pool_idle_timeout: self.pool_idle_timeout,
+            pool_max_idle_per_endpoint: self.pool_max_idle_per_endpoint,
+            tcp_keepalive: self.tcp_keepalive,
+        }
+    }
+}
+
+/// An endpoint in config: an address, or a table with weight and metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    /// Just the address.
+    Addr(SocketAddr),
+    /// Address with weight and metadata.
+    Full(Endpoint),
+}
+
+impl EndpointConfig {
+    /// The endpoint this entry describes.
+    pub fn endpoint(&self) -> Endpoint {
+        match self {
+            EndpointConfig::Addr(addr) => Endpoint::new(*addr),
+            EndpointConfig::Full(endpoint) => endpoint.clone(),
+        }
+    }
+}
 
 /// One inbound listener: where clients connect and the limits that protect it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +252,22 @@ pub struct RouteConfig {
 
 mod defaults {
     use super::*;
+
+    pub(super) fn connect_timeout() -> Duration {
+        TransportConfig::default().connect_timeout
+    }
+    pub(super) fn pool_idle_timeout() -> Duration {
+        TransportConfig::default().pool_idle_timeout
+    }
+    pub(super) fn pool_max_idle_per_endpoint() -> usize {
+        TransportConfig::default().pool_max_idle_per_endpoint
+    }
+    pub(super) fn tcp_keepalive() -> Duration {
+        TransportConfig::default().tcp_keepalive
+    }
+    pub(super) fn retry_body_limit() -> usize {
+        DEFAULT_RETRY_BODY_LIMIT
+    }
 
     pub(super) fn max_header_bytes() -> usize {
         DEFAULT_MAX_HEADER_BYTES

@@ -1,0 +1,95 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/services`,
+//! `POST /admin/reload`.
+//!
+//! It listens on its own port (loopback by default) so operators' traffic
+//! never competes with clients' and can't be reached through a route.
+
+use std::sync::{Arc, OnceLock, atomic::Ordering};
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+
+use crate::Shared;
+
+/// Latency buckets (seconds) for every `*_duration_seconds` histogram.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub(crate) fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics shows only what this one sees");
+            }
+            handle
+        })
+        .clone()
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/admin/services", get(services))
+        .route("/admin/reload", post(reload))
+        .with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn services(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let runtime = shared.runtime.load();
+    let routes: Vec<_> = runtime
+        .route_breakers()
+        .into_iter()
+        .map(|(i, breaker)| json!({ "route": i, "path": runtime.config.routes[i].path, "breaker": breaker }))
+        .collect();
+    Json(json!({ "services": runtime.service_states(), "route_policies": routes }))
+}
+
+async fn reload(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.reload().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "reloaded": true }))).into_response(),
+        Err(err) => (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            Json(json!({
+                "type": "https://switchyard.dev/problems/invalid-config",
+                "title": "the new config was rejected; the running config keeps serving",
+                "status": 400,
+                "detail": err.to_string(),
+            })),
+        )
+            .into_response(),
+    }
+}

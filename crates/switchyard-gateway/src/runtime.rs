@@ -1,0 +1,206 @@
+//! Building the serving state from a config: one client and one policy per
+//! service, one upstream per route, and the route table the proxies serve.
+//!
+//! A reload builds a new [`Runtime`] next to the running one and swaps it in
+//! atomically; requests in flight keep the state they started with. Services
+//! whose settings did not change keep their client and policy (so balancer
+//! latencies, ejections and breaker state survive a reload); only their
+//! endpoint list is updated.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde::Serialize;
+use switchyard_client::ServiceClient;
+use switchyard_discovery::{Discovery, StaticDiscovery};
+use switchyard_policy::{Events, HttpClassifier, MetricsObserver, Policy, PolicyConfig};
+use tower::{Layer, util::BoxCloneSyncService};
+
+use crate::{
+    config::{Config, ServiceConfig},
+    proxy::{DeadlineHeaderLayer, RouteTable, Upstream},
+    routes::Router,
+};
+
+/// A policy as the gateway builds it: HTTP responses classified by status.
+pub(crate) type HttpPolicy = Policy<HttpClassifier>;
+
+/// One service's shared state.
+#[derive(Clone)]
+pub(crate) struct ServiceEntry {
+    config: ServiceConfig,
+    client: ServiceClient,
+    policy: HttpPolicy,
+}
+
+/// Everything one config version serves with.
+pub(crate) struct Runtime {
+    pub(crate) config: Config,
+    services: BTreeMap<String, ServiceEntry>,
+    route_policies: Vec<Option<HttpPolicy>>,
+}
+
+/// Services' state for `/admin/services`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ServiceState {
+    client: switchyard_client::ServiceSnapshot,
+    breaker: switchyard_policy::breaker::BreakerSnapshot,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bulkhead: Option<BulkheadState>,
+}
+
+#[derive(Debug, Serialize)]
+struct BulkheadState {
+    in_flight: usize,
+    queued: usize,
+    max_concurrent: usize,
+}
+
+fn policy_for(service: &str, config: &PolicyConfig) -> Result<HttpPolicy, String> {
+    Policy::with_classifier(
+        config.clone(),
+        HttpClassifier::default(),
+        Events::new(service, Arc::new(MetricsObserver)),
+    )
+    .map_err(|e| e.to_string())
+}
+
+impl Runtime {
+    /// Builds the state for `config`, reusing what `previous` had for services
+    /// whose settings (other than endpoints) are unchanged, and the route
+    /// table the proxies serve it with.
+    pub(crate) fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        discovery: &StaticDiscovery,
+    ) -> Result<(Runtime, RouteTable), String> {
+        let mut services = BTreeMap::new();
+        for (name, service) in &config.services {
+            discovery.set(
+                name,
+                service.endpoints.iter().map(|e| e.endpoint()).collect(),
+            );
+            let reusable = previous.and_then(|p| p.services.get(name)).filter(|old| {
+                same_but_endpoints(&old.config, service)
+                    && old.policy.config() == effective_policy(&config, service)
+            });
+            let entry = match reusable {
+                Some(old) => ServiceEntry {
+                    config: service.clone(),
+                    ..old.clone()
+                },
+                None => {
+                    let endpoints = discovery.watch(name).map_err(|e| e.to_string())?;
+                    let client = ServiceClient::new(
+                        name,
+                        service.transport(),
+                        service.balancer.clone(),
+                        service.outlier.clone(),
+                        service.health_check.clone(),
+                        endpoints,
+                    )?;
+                    let policy = policy_for(name, effective_policy(&config, service))?;
+                    ServiceEntry {
+                        config: service.clone(),
+                        client,
+                        policy,
+                    }
+                }
+            };
+            services.insert(name.clone(), entry);
+        }
+        for old in previous.map(|p| p.services.keys()).into_iter().flatten() {
+            if !services.contains_key(old) {
+                discovery.remove(old);
+            }
+        }
+
+        let router = Router::new(&config.routes)?;
+        let mut route_policies = Vec::with_capacity(config.routes.len());
+        let mut upstreams = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let entry = services
+                .get(&route.service)
+                .ok_or_else(|| format!("unknown service {:?}", route.service))?;
+            let route_policy = match &route.policy {
+                Some(pc) => Some(policy_for(&route.service, pc)?),
+                None => None,
+            };
+            let policy = route_policy.as_ref().unwrap_or(&entry.policy);
+            upstreams.push(upstream(&route.service, entry, policy));
+            route_policies.push(route_policy);
+        }
+        let sidecar = services
+            .iter()
+            .map(|(name, entry)| (name.clone(), upstream(name, entry, &entry.policy)))
+            .collect();
+        let table = RouteTable::new(router, upstreams, sidecar)?;
+        Ok((
+            Runtime {
+                config,
+                services,
+                route_policies,
+            },
+            table,
+        ))
+    }
+
+    /// State of every service, for the admin API.
+    pub(crate) fn service_states(&self) -> BTreeMap<&str, ServiceState> {
+        self.services
+            .iter()
+            .map(|(name, entry)| {
+                let bulkhead = entry.policy.bulkhead().map(|b| {
+                    let state = b.state();
+                    BulkheadState {
+                        in_flight: state.in_flight(),
+                        queued: state.queued(),
+                        max_concurrent: state.max_concurrent(),
+                    }
+                });
+                (
+                    name.as_str(),
+                    ServiceState {
+                        client: entry.client.snapshot(),
+                        breaker: entry.policy.breaker().snapshot(),
+                        bulkhead,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Breakers of routes with their own policy, by route index.
+    pub(crate) fn route_breakers(
+        &self,
+    ) -> Vec<(usize, switchyard_policy::breaker::BreakerSnapshot)> {
+        self.route_policies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.breaker().snapshot())))
+            .collect()
+    }
+}
+
+fn effective_policy<'a>(config: &'a Config, service: &'a ServiceConfig) -> &'a PolicyConfig {
+    service.policy.as_ref().unwrap_or(&config.defaults.policy)
+}
+
+fn same_but_endpoints(a: &ServiceConfig, b: &ServiceConfig) -> bool {
+    ServiceConfig {
+        endpoints: Vec::new(),
+        ..a.clone()
+    } == ServiceConfig {
+        endpoints: Vec::new(),
+        ..b.clone()
+    }
+}
+
+fn upstream(service: &str, entry: &ServiceEntry, policy: &HttpPolicy) -> Upstream {
+    let svc = policy.layer(DeadlineHeaderLayer.layer(entry.client.clone()));
+    Upstream {
+        service: service.to_owned(),
+        retry_body_limit: entry.config.retry_body_limit,
+        retries_enabled: policy.config().retry.max_attempts > 1 || policy.config().hedge.is_some(),
+        svc: BoxCloneSyncService::new(svc),
+    }
+}
