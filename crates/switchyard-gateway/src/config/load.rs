@@ -154,7 +154,8 @@ impl Config {
                     ),
                 );
             }
-            if !addrs.insert(l.listen) {
+            // Port 0 asks the OS for a free port: never a clash.
+            if l.listen.port() != 0 && !addrs.insert(l.listen) {
                 p(
                     format!("listeners[{i}].listen"),
                     format!(
@@ -163,7 +164,7 @@ impl Config {
                     ),
                 );
             }
-            if l.listen == self.admin.listen {
+            if l.listen.port() != 0 && l.listen == self.admin.listen {
                 p(
                     format!("listeners[{i}].listen"),
                     format!(

@@ -1,0 +1,305 @@
+//! The real `switchyard` binary in front of real loopback backends.
+//!
+//! These tests assert on counts and statuses, never on how long something
+//! took: the machine is shared and its timing is noisy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use support::{Backend, Mode, Switchyard, client, config, get, send};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_and_reports_metrics_health_and_state() {
+    let backend = Backend::start("one").await;
+    let gw = Switchyard::start(&config(&[backend.addr], ""));
+    let http = client();
+
+    let (status, headers, body) = get(&http, &gw.url("/hello")).await;
+    assert_eq!((status, body.as_str()), (200, "one"));
+    assert!(headers.contains_key("x-request-id"));
+
+    assert_eq!(get(&http, &gw.admin_url("/healthz")).await.0, 200);
+    assert_eq!(get(&http, &gw.admin_url("/readyz")).await.0, 200);
+    let (_, _, metrics) = get(&http, &gw.admin_url("/metrics")).await;
+    assert!(metrics.contains("switchyard_requests_total{"), "{metrics}");
+    assert!(metrics.contains("service=\"app\""), "{metrics}");
+    let (_, _, state) = get(&http, &gw.admin_url("/admin/services")).await;
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let app = &state["services"]["app"];
+    assert_eq!(app["breaker"]["state"], "closed", "{state}");
+    assert_eq!(
+        app["client"]["endpoints"][0]["addr"],
+        backend.addr.to_string(),
+        "{state}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_endpoint_is_ejected_and_traffic_continues() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c = Backend::start("c").await;
+    let gw = Switchyard::start(&config(
+        &[a.addr, b.addr, c.addr],
+        "[services.app.outlier]\nconsecutive_failures = 2\n[services.app.policy.retry]\nbase_delay = \"1ms\"\n",
+    ));
+    let http = client();
+    for _ in 0..30 {
+        assert_eq!(get(&http, &gw.url("/x")).await.0, 200);
+    }
+    a.kill();
+    // Every request still succeeds: a connect failure is retried on another
+    // endpoint, and the dead one is ejected after two failures.
+    let before = (b.hits(), c.hits());
+    for i in 0..100 {
+        let (status, _, body) = get(&http, &gw.url("/x")).await;
+        assert_eq!(status, 200, "request {i} failed: {body}");
+    }
+    assert_eq!(b.hits() + c.hits() - before.0 - before.1, 100);
+    let (_, _, state) = get(&http, &gw.admin_url("/admin/services")).await;
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let endpoints = state["services"]["app"]["client"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let dead = endpoints
+        .iter()
+        .find(|e| e["addr"] == a.addr.to_string())
+        .unwrap();
+    assert_eq!(dead["ejected"], true, "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_slowed_tenfold_loses_most_of_its_traffic() {
+    let fast = Backend::start("fast").await;
+    let slow = Backend::start("slow").await;
+    fast.set(Mode::Delay(Duration::from_millis(3)));
+    slow.set(Mode::Delay(Duration::from_millis(30)));
+    let gw = Switchyard::start(&config(&[fast.addr, slow.addr], ""));
+    let http = client();
+    // Warm up both endpoints' latency estimates.
+    for _ in 0..20 {
+        get(&http, &gw.url("/x")).await;
+    }
+    let before = (fast.hits(), slow.hits());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let http = http.clone();
+        let url = gw.url("/x");
+        tasks.spawn(async move {
+            for _ in 0..40 {
+                assert_eq!(get(&http, &url).await.0, 200);
+            }
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+    let fast_hits = fast.hits() - before.0;
+    let slow_hits = slow.hits() - before.1;
+    assert_eq!(fast_hits + slow_hits, 320);
+    assert!(
+        slow_hits * 5 < 320,
+        "the slow endpoint got {slow_hits} of 320 requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_answers_503_problem_without_touching_the_upstream() {
+    let backend = Backend::start("b").await;
+    backend.set(Mode::Status(500));
+    let gw = Switchyard::start(&config(
+        &[backend.addr],
+        "[services.app.policy.breaker]\nmode = \"consecutive\"\nconsecutive_failures = 3\nopen_duration = \"60s\"\n",
+    ));
+    let http = client();
+    for _ in 0..3 {
+        assert_eq!(get(&http, &gw.url("/x")).await.0, 500);
+    }
+    let hits = backend.hits();
+    let (status, headers, body) = get(&http, &gw.url("/x")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(headers["x-switchyard-error"], "breaker-open");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("/breaker-open"),
+        "{problem}"
+    );
+    assert_eq!(problem["status"], 503);
+    assert_eq!(
+        backend.hits(),
+        hits,
+        "the open breaker must not reach the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_the_budget() {
+    let backend = Backend::start("b").await;
+    backend.set(Mode::Status(503));
+    let gw = Switchyard::start(&config(
+        &[backend.addr],
+        r#"[services.app.outlier]
+consecutive_failures = 0
+success_rate_threshold = 0.0
+[services.app.policy.breaker]
+mode = "disabled"
+[services.app.policy.retry]
+max_attempts = 3
+base_delay = "1ms"
+budget = { retry_ratio = 0.1, min_retries_per_second = 1, ttl = "10s" }
+"#,
+    ));
+    let http = client();
+    for _ in 0..100 {
+        // A 503 the budget won't retry is passed through as the upstream's answer.
+        assert_eq!(get(&http, &gw.url("/x")).await.0, 503);
+    }
+    // Without a budget, 100 calls with 3 attempts each would be 300 hits. The
+    // budget allows 10% of the calls (10) plus its reserve of
+    // min_retries_per_second × ttl (10): about 120 in all.
+    let hits = backend.hits();
+    assert!(
+        (110..=125).contains(&hits),
+        "backend saw {hits} attempts for 100 calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_load_loses_no_request_and_a_bad_config_is_refused() {
+    let backend = Backend::start("b").await;
+    let text = config(&[backend.addr], "");
+    let gw = Switchyard::start(&text);
+    let http = client();
+
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let http = http.clone();
+        let url = gw.url("/load");
+        let stop_rx = stop_rx.clone();
+        load.spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            while !*stop_rx.borrow() {
+                match get(&http, &url).await.0 {
+                    200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        });
+    }
+
+    // A new route appears through POST /admin/reload, then SIGHUP re-reads it again.
+    let new_text = format!(
+        "{text}\n[[routes]]\nname = \"v2\"\npath = \"/v2/{{*rest}}\"\nservice = \"app\"\nrewrite = \"/{{rest}}\"\n"
+    );
+    let new_text = new_text.replace(
+        "path = \"/{*rest}\"",
+        "path = \"/v1/{*rest}\"\nrewrite = \"/{rest}\"",
+    );
+    std::fs::write(&gw.config, new_text.replace("/v1/{*rest}", "/{*rest}")).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body) = send(&http, "POST", &gw.admin_url("/admin/reload")).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("HUP");
+    gw.wait_for_line("config reloaded");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send_replace(true);
+    let (mut ok, mut failed) = (0, 0);
+    while let Some(r) = load.join_next().await {
+        let (o, f) = r.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert!(ok > 0);
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed during reloads ({ok} succeeded)"
+    );
+    assert_eq!(get(&http, &gw.url("/v2/thing")).await.0, 200);
+
+    // An invalid file is refused and the running config keeps serving.
+    std::fs::write(
+        &gw.config,
+        "[[listeners]]\nname = \"public\"\nlisten = \"not an address\"\n",
+    )
+    .unwrap();
+    let (status, headers, body) = send(&http, "POST", &gw.admin_url("/admin/reload")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(body.contains("switchyard.toml:3"), "{body}");
+    assert_eq!(get(&http, &gw.url("/v2/thing")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let backend = Backend::start("b").await;
+    backend.set(Mode::Delay(Duration::from_millis(700)));
+    let mut gw = Switchyard::start(&config(&[backend.addr], ""));
+    let http = client();
+    let url = gw.url("/slow");
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        async move { get(&http, &url).await }
+    });
+    while backend.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.signal("TERM");
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "b"));
+    assert_eq!(gw.wait().await, Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(gw.listener).await.is_err(),
+        "the listener must be closed"
+    );
+}
+
+#[test]
+fn config_check_accepts_the_examples_and_points_at_bad_lines() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(["config", "check"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2);
+
+    let bad = std::env::temp_dir().join(format!("switchyard-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad, "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/x\"\nservice = \"nope\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:6: routes[0].service: unknown service \"nope\"",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,288 @@
+//! Test harness: programmable loopback backends and the real `switchyard`
+//! binary as a child process.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::{
+    convert::Infallible,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+/// How a backend answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 with a body naming the backend.
+    Ok,
+    /// This status, no body.
+    Status(u16),
+    /// 200 after this delay.
+    Delay(Duration),
+}
+
+/// A loopback HTTP backend that counts hits and can be told to fail, slow
+/// down or die.
+pub struct Backend {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    mode: watch::Sender<Mode>,
+    stop: watch::Sender<bool>,
+}
+
+impl Backend {
+    pub async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (mode, mode_rx) = watch::channel(Mode::Ok);
+        let (stop, mut stop_rx) = watch::channel(false);
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    _ = stop_rx.wait_for(|s| *s) => break,
+                };
+                let mode_rx = mode_rx.clone();
+                let counter = counter.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let mode = *mode_rx.borrow();
+                        let counter = counter.clone();
+                        async move {
+                            if req.uri().path() == "/healthz" {
+                                return Ok::<_, Infallible>(Response::new(Full::new(
+                                    Bytes::from_static(b"ok"),
+                                )));
+                            }
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let _ = req.into_body().collect().await;
+                            Ok(match mode {
+                                Mode::Ok => Response::new(Full::new(Bytes::from(name))),
+                                Mode::Status(code) => {
+                                    let mut res = Response::new(Full::new(Bytes::new()));
+                                    *res.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                                    res
+                                }
+                                Mode::Delay(d) => {
+                                    tokio::time::sleep(d).await;
+                                    Response::new(Full::new(Bytes::from(name)))
+                                }
+                            })
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            // Dying means every open connection dies with the listener.
+            conns.abort_all();
+        });
+        Backend {
+            addr,
+            hits,
+            mode,
+            stop,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// Closes the listener and every connection: later connects are refused.
+    pub fn kill(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// The real `switchyard` binary, serving a config written to a temp file.
+pub struct Switchyard {
+    child: Child,
+    pub config: PathBuf,
+    pub listener: SocketAddr,
+    pub admin: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Switchyard {
+    pub fn start(config_text: &str) -> Switchyard {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-test-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("switchyard.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut listener, mut admin) = (None, None);
+        while listener.is_none() || admin.is_none() {
+            let line = lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("switchyard printed its addresses");
+            if let Some(addr) = line.strip_prefix("switchyard: listener public on ") {
+                listener = Some(addr.parse().unwrap());
+            }
+            if let Some(addr) = line.strip_prefix("switchyard: admin on ") {
+                admin = Some(addr.parse().unwrap());
+            }
+        }
+        Switchyard {
+            child,
+            config,
+            listener: listener.unwrap(),
+            admin: admin.unwrap(),
+            lines,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listener)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait(&mut self) -> Option<i32> {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("switchyard did not exit within 10s");
+    }
+
+    /// Waits until stderr has printed a line containing `needle`.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("expected line");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Switchyard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> usize {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and returns status, headers and body.
+pub async fn send(client: &HttpClient, method: &str, url: &str) -> (u16, http::HeaderMap, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> (u16, http::HeaderMap, String) {
+    send(client, "GET", url).await
+}
+
+/// A config with one listener and one service with the given endpoints and
+/// extra TOML for the service (policy, outlier...), routed at `/{*rest}`.
+pub fn config(endpoints: &[SocketAddr], service_extra: &str) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[shutdown]
+drain_timeout = "5s"
+
+[services.app]
+endpoints = [{}]
+{service_extra}
+
+[[routes]]
+name = "all"
+path = "/{{*rest}}"
+service = "app"
+"#,
+        endpoints.join(", ")
+    )
+}
