@@ -81,7 +81,7 @@ impl BalancerConfig {
 /// from balancing for a while.
 ///
 /// A *gateway failure* is a transport error (connect refused or timed out,
-/// connection reset, protocol error) or a `502`, `503` or `504` response;
+/// connection reset, protocol error) or a `429`, `502`, `503` or `504` response;
 /// every other response is a success. Three rules eject:
 ///
 /// - **consecutive failures**, checked on every response: `consecutive_failures`

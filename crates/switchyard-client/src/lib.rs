@@ -42,7 +42,7 @@
 //! # Outlier ejection
 //!
 //! A *gateway failure* is a transport error (connect refused or timed out,
-//! reset, protocol error) or a `502`/`503`/`504` response. Endpoints are
+//! reset, protocol error) or a `429`/`502`/`503`/`504` response. Endpoints are
 //! ejected (no traffic) for:
 //! - `consecutive_failures` (default 5) gateway failures in a row, at once;
 //! - a low success rate over an `interval` (default `1s`) with at least

@@ -500,12 +500,33 @@ impl InFlight {
 }
 
 /// A response that says the upstream, or a proxy in front of it, could not
-/// serve: counted as a gateway failure for outlier detection.
+/// serve: counted as a gateway failure for outlier detection. A `429` counts
+/// too: an instance shedding load should lose traffic like one that fails.
 fn is_gateway_failure(status: StatusCode) -> bool {
     matches!(
         status,
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
     )
+}
+
+#[cfg(test)]
+#[test]
+fn overload_and_gateway_statuses_count_as_failures() {
+    for code in [429, 502, 503, 504] {
+        assert!(
+            is_gateway_failure(StatusCode::from_u16(code).unwrap_or_default()),
+            "{code}"
+        );
+    }
+    for code in [200, 404, 500] {
+        assert!(
+            !is_gateway_failure(StatusCode::from_u16(code).unwrap_or_default()),
+            "{code}"
+        );
+    }
 }
 
 impl Future for ResponseFuture {
