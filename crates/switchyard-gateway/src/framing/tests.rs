@@ -102,3 +102,34 @@ fn chunk_sizes() {
     assert_eq!(chunk_size(b""), None);
     assert_eq!(chunk_size(b"fffffffffffffffff"), None, "overflow");
 }
+
+// Fuzz-style properties over arbitrary input: the scanner never panics, and
+// how the bytes are split across reads never changes what it records.
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_splits_do_not_matter(
+        input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+        step in 1usize..64,
+    ) {
+        let whole = scan(&input, input.len().max(1));
+        let pieces = scan(&input, step);
+        proptest::prop_assert_eq!(whole, pieces);
+    }
+
+    #[test]
+    fn well_formed_pipelines_are_followed_whatever_the_split(
+        bodies in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 1..6),
+        step in 1usize..32,
+    ) {
+        let mut input = Vec::new();
+        for body in &bodies {
+            input.extend_from_slice(format!("POST /p HTTP/1.1\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+            input.extend_from_slice(body);
+        }
+        let (records, stop) = scan(&input, step);
+        proptest::prop_assert_eq!(records, vec![framing(1, 0); bodies.len()]);
+        proptest::prop_assert_eq!(stop, None);
+    }
+}
