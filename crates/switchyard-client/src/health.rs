@@ -15,7 +15,8 @@ pub(crate) async fn check(
     endpoint: Arc<EndpointState>,
     config: HealthCheckConfig,
 ) {
-    let uri = format!("http://{}{}", endpoint.addr(), config.path);
+    let scheme = if transport.is_tls() { "https" } else { "http" };
+    let uri = format!("{scheme}://{}{}", endpoint.addr(), config.path);
     let mut ticker = tokio::time::interval_at(Instant::now(), config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut passes, mut failures) = (0u32, 0u32);

@@ -110,7 +110,7 @@ impl ServiceClient {
         let shared = Arc::new(Shared {
             name: name.into(),
             endpoints: ArcSwap::from_pointee(Vec::new()),
-            transport: Transport::for_service(&transport, name),
+            transport: Transport::for_service(&transport, name)?,
             decay_ns: balancer.decay.as_nanos() as f64,
             balancer,
             outlier,
@@ -177,7 +177,11 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
             };
         };
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if self.shared.transport.is_tls() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         parts.authority = Some(endpoint.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

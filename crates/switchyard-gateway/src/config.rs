@@ -126,6 +126,10 @@ pub struct ServiceConfig {
     /// TCP keep-alive probe interval on upstream connections. Default `"60s"`.
     #[serde(default = "defaults::tcp_keepalive", with = "humantime_serde")]
     pub tcp_keepalive: Duration,
+    /// TLS to the endpoints (`ca`, `server_name`, `cert`/`key` for mutual
+    /// TLS). Default: none.
+    #[serde(default)]
+    pub tls: Option<switchyard_transport::UpstreamTlsConfig>,
     /// Largest request body buffered so that a retry or hedge can resend it;
     /// larger bodies stream and are not retried. Default 65536.
     #[serde(default = "defaults::retry_body_limit")]
@@ -153,6 +157,7 @@ impl ServiceConfig {
             pool_idle_timeout: self.pool_idle_timeout,
             pool_max_idle_per_endpoint: self.pool_max_idle_per_endpoint,
             tcp_keepalive: self.tcp_keepalive,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -211,6 +216,10 @@ pub struct ListenerConfig {
     /// Default `false`.
     #[serde(default)]
     pub sidecar: bool,
+    /// TLS termination (and mutual TLS) on this listener. Default: none
+    /// (plain HTTP/1.1 and h2c).
+    #[serde(default)]
+    pub tls: Option<crate::tls::ListenerTlsConfig>,
 }
 
 /// How a route matches requests.

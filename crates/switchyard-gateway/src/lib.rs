@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod routes;
 mod runtime;
 pub mod server;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,

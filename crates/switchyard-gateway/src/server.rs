@@ -65,6 +65,7 @@ use tower::{Service, ServiceExt};
 use crate::{
     config::ListenerConfig,
     framing::{Records, ScannedFraming, ScannedIo},
+    tls::{PeerIdentity, TlsTerminator},
 };
 
 /// Interval between HTTP/2 keep-alive PINGs.
@@ -111,6 +112,16 @@ where
     let labels = [("listener", name.to_string())];
     let open = metrics::gauge!("switchyard_connections_open", &labels);
     let total = metrics::counter!("switchyard_connections_total", &labels);
+    let tls_failures = metrics::counter!("switchyard_tls_handshake_failures_total", &labels);
+    let limits_header_timeout = limits.header_read_timeout;
+    let tls = match &limits.tls {
+        Some(config) => Some(Arc::new(TlsTerminator::new(config).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("listener {name}: {e}"))
+        })?)),
+        None => None,
+    };
+    // Certificates reload from disk for as long as the listener serves.
+    let _reloader = tls.clone().map(|t| AbortOnDrop(tokio::spawn(t.watch())));
 
     tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), "listening");
     loop {
@@ -145,36 +156,36 @@ where
         let builder = builder.clone();
         let mut drain_rx = drain_rx.clone();
         let handler = handler.clone();
+        let tls = tls.as_ref().map(|t| t.acceptor());
+        let handshake_timeout = limits_header_timeout;
+        let tls_failures = tls_failures.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let (io, records) = ScannedIo::new(stream, max_head);
-            let activity = Arc::new(Activity::default());
-            let svc = ConnService {
+            let conn = Conn {
+                builder,
                 handler,
                 peer,
-                records,
-                activity: activity.clone(),
+                max_head,
+                idle_timeout,
             };
-            let conn = builder.serve_connection(TokioIo::new(io), svc);
-            let mut conn = pin!(conn);
-            let mut idle = pin!(activity.idle(idle_timeout));
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    res = conn.as_mut() => {
-                        if let Err(err) = res {
-                            tracing::debug!(%peer, %err, "connection ended with an error");
+            match tls {
+                None => conn.serve(stream, None, &mut drain_rx).await,
+                Some(acceptor) => {
+                    // A client that never finishes its handshake is cut like
+                    // one that never finishes its headers.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let identity = crate::tls::peer_identity(stream.get_ref().1);
+                            conn.serve(stream, identity, &mut drain_rx).await;
                         }
-                        break;
-                    }
-                    _ = drain_rx.wait_for(|draining| *draining), if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    () = &mut idle, if !closing => {
-                        tracing::debug!(%peer, "closing idle connection");
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
+                        Ok(Err(err)) => {
+                            tls_failures.increment(1);
+                            tracing::debug!(%peer, %err, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tls_failures.increment(1);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
                     }
                 }
             }
@@ -199,6 +210,84 @@ where
         conns.shutdown().await;
     }
     Ok(())
+}
+
+/// Aborts a background task when the listener stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What serving one connection needs.
+struct Conn<H> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: H,
+    peer: SocketAddr,
+    max_head: usize,
+    idle_timeout: Duration,
+}
+
+impl<H> Conn<H>
+where
+    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    H::Future: Send + 'static,
+{
+    /// Serves HTTP on `stream` (plain TCP or TLS) until it closes, the idle
+    /// timeout passes, or the listener drains.
+    async fn serve<I>(
+        self,
+        stream: I,
+        identity: Option<PeerIdentity>,
+        drain_rx: &mut watch::Receiver<bool>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            builder,
+            handler,
+            peer,
+            max_head,
+            idle_timeout,
+        } = self;
+        let (io, records) = ScannedIo::new(stream, max_head);
+        let activity = Arc::new(Activity::default());
+        let svc = ConnService {
+            handler,
+            peer,
+            identity,
+            records,
+            activity: activity.clone(),
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let mut conn = pin!(conn);
+        let mut idle = pin!(activity.idle(idle_timeout));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(err) = res {
+                        tracing::debug!(%peer, %err, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = drain_rx.wait_for(|draining| *draining), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = &mut idle, if !closing => {
+                    tracing::debug!(%peer, "closing idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
 }
 
 fn builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
@@ -227,6 +316,7 @@ fn builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
 struct ConnService<H> {
     handler: H,
     peer: SocketAddr,
+    identity: Option<PeerIdentity>,
     records: Records,
     activity: Arc<Activity>,
 }
@@ -245,6 +335,9 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer));
+        if let Some(identity) = &self.identity {
+            req.extensions_mut().insert(identity.clone());
+        }
         if req.version() != Version::HTTP_2 {
             // Heads are scanned before hyper parses them, so this request's
             // record is the oldest one; none means the scanner lost track.

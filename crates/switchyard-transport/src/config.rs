@@ -58,6 +58,9 @@ pub struct TransportConfig {
     /// connection, so dead peers behind NATs are noticed. Default `"60s"`.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
+    /// TLS to the endpoints. Default: none (plain TCP).
+    #[serde(default)]
+    pub tls: Option<crate::UpstreamTlsConfig>,
 }
 
 impl Default for TransportConfig {
@@ -68,6 +71,7 @@ impl Default for TransportConfig {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle_per_endpoint: DEFAULT_POOL_MAX_IDLE_PER_ENDPOINT,
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
+            tls: None,
         }
     }
 }
@@ -89,6 +93,9 @@ impl TransportConfig {
             return Err(
                 "tcp_keepalive: must be greater than 0; a typical value is \"60s\"".to_owned(),
             );
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! The TCP connector, counting the connections it opens.
+//! The TCP (and TLS) connector, counting the connections it opens.
 
 use std::{
     future::Future,
@@ -16,8 +16,14 @@ use hyper_util::{
     rt::TokioIo,
 };
 use pin_project_lite::pin_project;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use switchyard_policy::BoxError;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
 
 use crate::TransportConfig;
 
@@ -41,20 +47,50 @@ impl OpenConnections {
     }
 }
 
-/// [`HttpConnector`] whose connections decrement a counter when dropped.
-#[derive(Debug, Clone)]
+/// [`HttpConnector`], plus TLS when configured, whose connections decrement
+/// a counter when dropped.
+#[derive(Clone)]
 pub(crate) struct CountingConnector {
     inner: HttpConnector,
+    tls: Option<Tls>,
     open: Arc<OpenConnections>,
 }
 
+#[derive(Clone)]
+struct Tls {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for CountingConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingConnector")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 impl CountingConnector {
-    pub(crate) fn new(config: &TransportConfig, open: Arc<OpenConnections>) -> Self {
+    pub(crate) fn new(
+        config: &TransportConfig,
+        tls: Option<Arc<ClientConfig>>,
+        open: Arc<OpenConnections>,
+    ) -> Self {
         let mut inner = HttpConnector::new();
         inner.set_nodelay(true);
         inner.set_connect_timeout(Some(config.connect_timeout));
         inner.set_keepalive(Some(config.tcp_keepalive));
-        Self { inner, open }
+        // With TLS the request URIs say https; the TCP part is the same.
+        inner.enforce_http(tls.is_none());
+        let tls = tls.map(|client_config| Tls {
+            connector: TlsConnector::from(client_config),
+            server_name: config
+                .tls
+                .as_ref()
+                .and_then(|t| t.server_name.as_deref())
+                .and_then(|n| ServerName::try_from(n.to_owned()).ok()),
+        });
+        Self { inner, tls, open }
     }
 }
 
@@ -73,13 +109,30 @@ impl tower_service::Service<http::Uri> for CountingConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let host = uri.host().map(|h| h.trim_matches(['[', ']']).to_owned());
         let connecting = self.inner.call(uri);
         let open = self.open.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let io = connecting.await?;
+            let tcp = connecting.await?.into_inner();
+            let stream = match tls {
+                None => Stream::Plain { io: tcp },
+                Some(tls) => {
+                    let name = match tls.server_name {
+                        Some(name) => name,
+                        None => ServerName::try_from(host.unwrap_or_default())
+                            .map_err(|e| format!("no TLS server name for this endpoint: {e}"))?,
+                    };
+                    let io = tls.connector.connect(name, tcp).await?;
+                    Stream::Tls { io: Box::new(io) }
+                }
+            };
             open.count.fetch_add(1, Ordering::Relaxed);
             open.gauge.increment(1.0);
-            Ok(CountedStream { io, open })
+            Ok(CountedStream {
+                io: TokioIo::new(stream),
+                open,
+            })
         })
     }
 }
@@ -88,7 +141,7 @@ pin_project! {
     /// A TCP stream counted in its transport's open connections until dropped.
     pub(crate) struct CountedStream {
         #[pin]
-        io: TokioIo<TcpStream>,
+        io: TokioIo<Stream>,
         open: Arc<OpenConnections>,
     }
 
@@ -103,7 +156,85 @@ pin_project! {
 
 impl Connection for CountedStream {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        match self.io.inner() {
+            Stream::Plain { io } => io.connected(),
+            Stream::Tls { io } => {
+                let (tcp, session) = io.get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A connection to an endpoint: plain TCP or TLS over TCP.
+    #[project = StreamProj]
+    pub(crate) enum Stream {
+        Plain { #[pin] io: TcpStream },
+        Tls { #[pin] io: Box<TlsStream<TcpStream>> },
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.project() {
+            StreamProj::Plain { io } => io.poll_read(cx, buf),
+            StreamProj::Tls { io } => io.poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.project() {
+            StreamProj::Plain { io } => io.poll_write(cx, buf),
+            StreamProj::Tls { io } => io.poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.project() {
+            StreamProj::Plain { io } => io.poll_flush(cx),
+            StreamProj::Tls { io } => io.poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.project() {
+            StreamProj::Plain { io } => io.poll_shutdown(cx),
+            StreamProj::Tls { io } => io.poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.project() {
+            StreamProj::Plain { io } => io.poll_write_vectored(cx, bufs),
+            StreamProj::Tls { io } => io.poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain { io } => io.is_write_vectored(),
+            Stream::Tls { io } => io.is_write_vectored(),
+        }
     }
 }
 

@@ -27,7 +27,7 @@
 //! use tower_service::Service;
 //!
 //! # async fn run() -> Result<(), switchyard_policy::BoxError> {
-//! let mut transport = Transport::new(&TransportConfig::default());
+//! let mut transport = Transport::new(&TransportConfig::default())?;
 //! let req = http::Request::get("http://127.0.0.1:8080/healthz").body(Body::empty())?;
 //! match transport.call(req).await {
 //!     Ok(res) => println!("{} {:?}", res.status(), res.into_body().collect_bytes().await?),
@@ -42,6 +42,7 @@ mod body;
 mod config;
 mod connect;
 mod error;
+pub mod tls;
 mod transport;
 
 pub use body::{Body, BodyTooLarge};
@@ -50,4 +51,5 @@ pub use config::{
     DEFAULT_TCP_KEEPALIVE, Protocol, TransportConfig,
 };
 pub use error::{TransportError, TransportErrorKind};
+pub use tls::UpstreamTlsConfig;
 pub use transport::{OPEN_CONNECTIONS_GAUGE, ResponseFuture, Transport};

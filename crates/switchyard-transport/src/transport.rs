@@ -32,25 +32,42 @@ pub const OPEN_CONNECTIONS_GAUGE: &str = "switchyard_upstream_connections_open";
 pub struct Transport {
     client: Client<CountingConnector, Body>,
     open: Arc<OpenConnections>,
+    tls: bool,
 }
 
 impl Transport {
-    /// A transport without a service label on its connection gauge.
-    pub fn new(config: &TransportConfig) -> Self {
+    /// A transport without a service label on its connection gauge. Fails
+    /// only when the TLS files can't be loaded.
+    pub fn new(config: &TransportConfig) -> Result<Self, String> {
         Self::with_gauge(config, metrics::gauge!(OPEN_CONNECTIONS_GAUGE))
     }
 
     /// A transport whose connection gauge carries `service = <service>`.
-    pub fn for_service(config: &TransportConfig, service: &str) -> Self {
+    pub fn for_service(config: &TransportConfig, service: &str) -> Result<Self, String> {
         Self::with_gauge(
             config,
             metrics::gauge!(OPEN_CONNECTIONS_GAUGE, "service" => service.to_owned()),
         )
     }
 
-    fn with_gauge(config: &TransportConfig, gauge: metrics::Gauge) -> Self {
+    /// True when requests go over TLS (their URIs then say `https`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    fn with_gauge(config: &TransportConfig, gauge: metrics::Gauge) -> Result<Self, String> {
         let open = Arc::new(OpenConnections::new(gauge));
-        let connector = CountingConnector::new(config, open.clone());
+        let alpn: &[&[u8]] = match config.protocol {
+            Protocol::Http1 => &[b"http/1.1"],
+            Protocol::Http2 => &[b"h2"],
+        };
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| t.client_config(alpn))
+            .transpose()?;
+        let is_tls = tls.is_some();
+        let connector = CountingConnector::new(config, tls, open.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -58,7 +75,11 @@ impl Transport {
             .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
             .http2_only(config.protocol == Protocol::Http2)
             .build(connector);
-        Self { client, open }
+        Ok(Self {
+            client,
+            open,
+            tls: is_tls,
+        })
     }
 
     /// Sends `req` (which must carry an absolute `http://` URI) through the

@@ -81,7 +81,7 @@ fn get(addr: SocketAddr, path: &str) -> http::Request<Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_keep_alive_reuses_one_connection() {
     let (addr, accepted) = backend(Protocol::Http1).await;
-    let mut transport = Transport::new(&TransportConfig::default());
+    let mut transport = Transport::new(&TransportConfig::default()).unwrap();
 
     // Twenty requests one after another, each body read to the end so the
     // connection goes back to the pool.
@@ -113,7 +113,7 @@ async fn http2_prior_knowledge_multiplexes_over_one_connection() {
         protocol: Protocol::Http2,
         ..TransportConfig::default()
     };
-    let transport = Transport::new(&config);
+    let transport = Transport::new(&config).unwrap();
 
     // Warm the connection, then send 20 requests at once.
     let res = transport.clone().call(get(addr, "/")).await.unwrap();
@@ -151,7 +151,7 @@ async fn connection_refused_is_a_connect_error() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
 
-    let mut transport = Transport::new(&TransportConfig::default());
+    let mut transport = Transport::new(&TransportConfig::default()).unwrap();
     let err = transport.call(get(addr, "/")).await.unwrap_err();
     assert!(err.is_connect(), "{err:?}");
     assert_eq!(err.kind(), TransportErrorKind::Connect);
@@ -180,7 +180,7 @@ async fn a_connection_closed_mid_request_is_not_a_connect_error() {
         }
     });
 
-    let mut transport = Transport::new(&TransportConfig::default());
+    let mut transport = Transport::new(&TransportConfig::default()).unwrap();
     let err = transport.call(get(addr, "/")).await.unwrap_err();
     assert!(!err.is_connect(), "{err:?}");
     assert_eq!(err.kind(), TransportErrorKind::Closed, "{err:?}");
@@ -189,7 +189,7 @@ async fn a_connection_closed_mid_request_is_not_a_connect_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffer_for_replay_over_a_real_incoming_body() {
     let (addr, _) = backend(Protocol::Http1).await;
-    let mut transport = Transport::new(&TransportConfig::default());
+    let mut transport = Transport::new(&TransportConfig::default()).unwrap();
     let post = |limit: usize, body: Vec<u8>| {
         http::Request::post(format!("http://{addr}/buffer?limit={limit}"))
             .body(Body::full(body))

@@ -42,6 +42,43 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Create a development CA and certificates (for local TLS and mutual TLS).
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Create a CA: writes DIR/ca.pem and DIR/ca-key.pem.
+    Ca {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Switchyard development CA")]
+        name: String,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate signed by DIR/ca.pem: writes DIR/NAME.pem and DIR/NAME-key.pem.
+    Issue {
+        /// Directory holding the CA and receiving the certificate.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// File name stem of the certificate.
+        #[arg(long)]
+        name: String,
+        /// A name the certificate is for, repeatable: DNS name, IP address, or
+        /// a URI such as spiffe://example.org/frontend (the mTLS identity).
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +118,29 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(config),
+        Command::Cert { command } => cert(command),
+    }
+}
+
+fn cert(command: CertCommand) -> ExitCode {
+    use switchyard_gateway::tls::certs;
+    let result = match command {
+        CertCommand::Ca { dir, name, force } => certs::new_ca(&name)
+            .and_then(|pem| certs::write(&dir, "ca", &pem, force).map_err(|e| e.to_string())),
+        CertCommand::Issue { dir, name, sans, force } => certs::read(&dir, "ca")
+            .map_err(|e| format!("{}: cannot read ca.pem and ca-key.pem ({e}); run `switchyard cert ca --dir {0}` first", dir.display()))
+            .and_then(|ca| certs::issue(&ca, &sans))
+            .and_then(|pem| certs::write(&dir, &name, &pem, force).map_err(|e| e.to_string())),
+    };
+    match result {
+        Ok((cert, key)) => {
+            println!("{}\n{}", cert.display(), key.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("switchyard cert: {err}");
+            ExitCode::from(2)
+        }
     }
 }
 

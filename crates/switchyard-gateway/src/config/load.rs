@@ -194,6 +194,9 @@ impl Config {
                     "must be at least 1 (default 10000)".into(),
                 );
             }
+            if let Some(Err(message)) = l.tls.as_ref().map(|t| t.validate()) {
+                p(format!("listeners[{i}].tls"), message);
+            }
             if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() {
                 p(
                     format!("listeners[{i}].header_read_timeout"),

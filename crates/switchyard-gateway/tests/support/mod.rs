@@ -170,6 +170,7 @@ pub fn limits() -> ListenerConfig {
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
         max_connections: DEFAULT_MAX_CONNECTIONS,
         sidecar: false,
+        tls: None,
     }
 }
 
