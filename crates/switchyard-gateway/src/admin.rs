@@ -42,14 +42,69 @@ pub(crate) fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
-    axum::Router::new()
+pub(crate) fn router(shared: Arc<Shared>, token_sha256: Option<&str>) -> axum::Router {
+    let router = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/admin/services", get(services))
         .route("/admin/reload", post(reload))
-        .with_state(shared)
+        .with_state(shared);
+    match token_sha256.and_then(parse_sha256) {
+        Some(expected) => router.layer(axum::middleware::from_fn(move |req, next| {
+            check_token(expected, req, next)
+        })),
+        None => router,
+    }
+}
+
+/// The 32 bytes of a hex SHA-256, or `None` if `hex` isn't one.
+pub(crate) fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Lets a request through when its bearer token hashes to `expected`;
+/// compared in constant time so the answer time leaks nothing.
+async fn check_token(
+    expected: [u8; 32],
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| Sha256::digest(token.trim().as_bytes()));
+    match presented {
+        Some(hash) if bool::from(hash.as_slice().ct_eq(&expected)) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [
+                (
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"switchyard-admin\"",
+                ),
+                (header::CONTENT_TYPE, "application/problem+json"),
+            ],
+            Json(json!({
+                "type": "https://switchyard.dev/problems/unauthenticated",
+                "title": "the admin API needs a valid bearer token",
+                "status": 401,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

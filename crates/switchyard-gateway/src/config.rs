@@ -63,15 +63,20 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Address of the admin listener. Default `"127.0.0.1:9901"`; loopback
-    /// unless you put it behind authentication.
+    /// Address of the admin listener. Default `"127.0.0.1:9901"`. Binding
+    /// beyond loopback requires `token_sha256`.
     pub listen: SocketAddr,
+    /// Hex SHA-256 of the bearer token every admin request must carry
+    /// (`Authorization: Bearer <token>`); the token itself never appears in
+    /// config. Default: none (no token; only allowed on loopback).
+    pub token_sha256: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_ADMIN_LISTEN,
+            token_sha256: None,
         }
     }
 }

@@ -191,7 +191,7 @@ impl Gateway {
         }
         {
             let signal = wait_for(shutdown.subscribe());
-            let app = admin::router(shared.clone());
+            let app = admin::router(shared.clone(), config.admin.token_sha256.as_deref());
             eprintln!("switchyard: admin on {admin_addr}");
             tasks
                 .spawn(async move { axum::serve(admin, app).with_graceful_shutdown(signal).await });

@@ -303,3 +303,59 @@ fn config_check_accepts_the_examples_and_points_at_bad_lines() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_beyond_loopback_needs_its_token() {
+    let backend = Backend::start("b").await;
+    let text = config(&[backend.addr], "");
+    let open = text.replace(
+        "listen = \"127.0.0.1:0\"\n\n[[listeners]]",
+        "listen = \"0.0.0.0:0\"\n\n[[listeners]]",
+    );
+    let bad = std::env::temp_dir().join(format!("switchyard-admin-{}.toml", std::process::id()));
+    std::fs::write(&bad, &open).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin.listen"),
+        "{out:?}"
+    );
+
+    let real_hash = sha256_hex("s3cret");
+    let secured = open.replace(
+        "listen = \"0.0.0.0:0\"",
+        &format!("listen = \"0.0.0.0:0\"\ntoken_sha256 = \"{real_hash}\""),
+    );
+    let gw = Switchyard::start(&secured);
+    let http = client();
+    let admin = format!("http://127.0.0.1:{}/metrics", gw.admin.port());
+    assert_eq!(get(&http, &admin).await.0, 401);
+    let req = http::Request::get(&admin)
+        .header("authorization", "Bearer wrong")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(http.request(req).await.unwrap().status(), 401);
+    let req = http::Request::get(&admin)
+        .header("authorization", "Bearer s3cret")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(http.request(req).await.unwrap().status(), 200);
+}
+
+fn sha256_hex(text: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf %s '{text}' | sha256sum"))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}

@@ -205,6 +205,21 @@ impl Config {
             }
         }
 
+        match &self.admin.token_sha256 {
+            Some(hash) if crate::admin::parse_sha256(hash).is_none() => p(
+                "admin.token_sha256".into(),
+                "must be 64 hex digits: the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`".into(),
+            ),
+            None if !self.admin.listen.ip().is_loopback() => p(
+                "admin.listen".into(),
+                format!(
+                    "{} is reachable beyond this machine, so the admin API needs a token: set admin.token_sha256 \
+                     (or listen on 127.0.0.1)",
+                    self.admin.listen
+                ),
+            ),
+            _ => {}
+        }
         if let Err(message) = self.defaults.policy.validate() {
             p("defaults.policy".into(), message.to_string());
         }
