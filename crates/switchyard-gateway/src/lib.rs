@@ -43,6 +43,7 @@ use crate::{
     runtime::Runtime,
 };
 use switchyard_client::NoHealthyEndpoint;
+use switchyard_policy::{MetricsObserver, Observer, events::Fanout};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,10 @@ pub enum StartError {
 
 /// State shared by the listeners, the admin API and reloads.
 pub(crate) struct Shared {
-    path: PathBuf,
+    /// The config file, when the gateway was started from one.
+    path: Option<PathBuf>,
+    /// Where policy events go: the metrics, plus any observer given at start.
+    observer: Arc<dyn Observer>,
     runtime: ArcSwap<Runtime>,
     /// The route table every listener's proxy serves, swapped on reload.
     table: Arc<ArcSwap<RouteTable>>,
@@ -84,9 +88,19 @@ impl Shared {
     /// config keeps serving untouched.
     pub(crate) async fn reload(&self) -> Result<(), ConfigError> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let config = Config::load(&self.path)?;
+        let Some(path) = &self.path else {
+            return Err(ConfigError {
+                file: "(none)".to_owned(),
+                line: 0,
+                key: "(config)".to_owned(),
+                message:
+                    "this gateway was started without a config file, so there is nothing to reload"
+                        .to_owned(),
+            });
+        };
+        let config = Config::load(path)?;
         let current = self.runtime.load();
-        let file = self.path.display().to_string();
+        let file = path.display().to_string();
         if config.listeners != current.config.listeners || config.admin != current.config.admin {
             return Err(ConfigError {
                 file,
@@ -98,18 +112,18 @@ impl Shared {
             });
         }
         let (runtime, table) =
-            Runtime::build(config, Some(&current), &self.discovery).map_err(|message| {
-                ConfigError {
+            Runtime::build(config, Some(&current), &self.discovery, &self.observer).map_err(
+                |message| ConfigError {
                     file,
                     line: 1,
                     key: "(config)".to_owned(),
                     message,
-                }
-            })?;
+                },
+            )?;
         self.runtime.store(Arc::new(runtime));
         self.table.store(Arc::new(table));
         metrics::counter!("switchyard_config_reloads_total").increment(1);
-        tracing::info!(file = %self.path.display(), "config reloaded");
+        tracing::info!(file = %path.display(), "config reloaded");
         Ok(())
     }
 }
@@ -128,10 +142,25 @@ impl Gateway {
     /// listener, and starts serving.
     pub async fn start(path: PathBuf) -> Result<Gateway, StartError> {
         let config = Config::load(&path)?;
+        Gateway::start_with(config, Some(path), None).await
+    }
+
+    /// Starts from a config already loaded (and validated); `path`, if any,
+    /// is what a reload re-reads. Policy events go to the metrics and to
+    /// `observer`, if given (the demo's live table uses this).
+    pub async fn start_with(
+        config: Config,
+        path: Option<PathBuf>,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Gateway, StartError> {
+        let observer: Arc<dyn Observer> = match observer {
+            Some(extra) => Arc::new(Fanout(vec![Arc::new(MetricsObserver), extra])),
+            None => Arc::new(MetricsObserver),
+        };
         let discovery = StaticDiscovery::default();
         let metrics = admin::metrics_handle();
-        let (runtime, table) =
-            Runtime::build(config.clone(), None, &discovery).map_err(StartError::Other)?;
+        let (runtime, table) = Runtime::build(config.clone(), None, &discovery, &observer)
+            .map_err(StartError::Other)?;
         let table = Arc::new(ArcSwap::from_pointee(table));
 
         let mut bound = Vec::new();
@@ -167,6 +196,7 @@ impl Gateway {
             .collect();
         let shared = Arc::new(Shared {
             path,
+            observer,
             runtime: ArcSwap::from_pointee(runtime),
             table,
             discovery,

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde::Serialize;
 use switchyard_client::ServiceClient;
 use switchyard_discovery::{Discovery, StaticDiscovery};
-use switchyard_policy::{Events, HttpClassifier, MetricsObserver, Policy, PolicyConfig};
+use switchyard_policy::{Events, HttpClassifier, Observer, Policy, PolicyConfig};
 use tower::{Layer, util::BoxCloneSyncService};
 
 use crate::{
@@ -55,11 +55,15 @@ struct BulkheadState {
     max_concurrent: usize,
 }
 
-fn policy_for(service: &str, config: &PolicyConfig) -> Result<HttpPolicy, String> {
+fn policy_for(
+    service: &str,
+    config: &PolicyConfig,
+    observer: &Arc<dyn Observer>,
+) -> Result<HttpPolicy, String> {
     Policy::with_classifier(
         config.clone(),
         HttpClassifier::default(),
-        Events::new(service, Arc::new(MetricsObserver)),
+        Events::new(service, observer.clone()),
     )
     .map_err(|e| e.to_string())
 }
@@ -72,6 +76,7 @@ impl Runtime {
         config: Config,
         previous: Option<&Runtime>,
         discovery: &StaticDiscovery,
+        observer: &Arc<dyn Observer>,
     ) -> Result<(Runtime, RouteTable), String> {
         let mut services = BTreeMap::new();
         for (name, service) in &config.services {
@@ -98,7 +103,7 @@ impl Runtime {
                         service.health_check.clone(),
                         endpoints,
                     )?;
-                    let policy = policy_for(name, effective_policy(&config, service))?;
+                    let policy = policy_for(name, effective_policy(&config, service), observer)?;
                     ServiceEntry {
                         config: service.clone(),
                         client,
@@ -122,7 +127,7 @@ impl Runtime {
                 .get(&route.service)
                 .ok_or_else(|| format!("unknown service {:?}", route.service))?;
             let route_policy = match &route.policy {
-                Some(pc) => Some(policy_for(&route.service, pc)?),
+                Some(pc) => Some(policy_for(&route.service, pc, observer)?),
                 None => None,
             };
             let policy = route_policy.as_ref().unwrap_or(&entry.policy);

@@ -211,6 +211,23 @@ impl Observer for MetricsObserver {
     }
 }
 
+/// Sends every event to each of several observers, in order.
+pub struct Fanout(pub Vec<Arc<dyn Observer>>);
+
+impl fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fanout({} observers)", self.0.len())
+    }
+}
+
+impl Observer for Fanout {
+    fn on_event(&self, event: &Event<'_>) {
+        for observer in &self.0 {
+            observer.on_event(event);
+        }
+    }
+}
+
 /// An observer that keeps every event, for tests and examples.
 #[derive(Debug, Default)]
 pub struct Recorder {
