@@ -259,6 +259,12 @@ impl Gateway {
         self.admin_addr
     }
 
+    /// The state `/admin/services` shows: per service its endpoints (health,
+    /// ejection, latency, in-flight), breaker and bulkhead.
+    pub fn service_states(&self) -> serde_json::Value {
+        serde_json::to_value(self.shared.runtime.load().service_states()).unwrap_or_default()
+    }
+
     /// Re-reads the config file and applies it atomically; see
     /// `POST /admin/reload`.
     pub async fn reload(&self) -> Result<(), ConfigError> {

@@ -9,6 +9,8 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or config error. Logs go
 //! to stderr (`RUST_LOG` filters them), data to stdout.
 
+mod demo;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,16 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Run the gateway in front of a small example world under load, with
+    /// faults injected on a schedule, and narrate what happens live.
+    Demo {
+        /// Stop after this long (e.g. "20s", "2m"); default: run until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Requests per second sent to the gateway.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
     },
     /// Create a development CA and certificates (for local TLS and mutual TLS).
     Cert {
@@ -119,6 +131,27 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => serve(config),
         Command::Cert { command } => cert(command),
+        Command::Demo { duration, rate } => demo(demo::DemoOptions { duration, rate }),
+    }
+}
+
+fn demo(options: demo::DemoOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("switchyard: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(demo::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("switchyard demo: {err}");
+            ExitCode::from(1)
+        }
     }
 }
 
