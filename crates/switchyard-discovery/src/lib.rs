@@ -23,6 +23,8 @@
 //! assert!(rx.borrow().is_empty());
 //! ```
 
+pub mod registry;
+
 use std::{collections::BTreeMap, collections::HashMap, net::SocketAddr, sync::Arc};
 
 use parking_lot::Mutex;
@@ -71,6 +73,12 @@ pub enum DiscoveryError {
     /// No source knows this service.
     #[error("unknown service {0:?}; define it under [services] or register an instance of it")]
     UnknownService(String),
+    /// The service name can't be watched (it is malformed).
+    #[error("invalid service: {0}")]
+    InvalidService(String),
+    /// The source can't start watching (for example, outside a Tokio runtime).
+    #[error("discovery unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where endpoint sets come from.
