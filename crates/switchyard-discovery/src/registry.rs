@@ -46,9 +46,7 @@
 //! method returns a [`BoxFuture`]. The allocation is one per registry call,
 //! which happens per registration or watch, never per proxied request.
 
-use std::{
-    collections::BTreeMap, fmt, future::Future, net::SocketAddr, pin::Pin, time::Duration,
-};
+use std::{collections::BTreeMap, fmt, future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
@@ -424,8 +422,12 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         assert_eq!(reg().validate(), Ok(()));
-        let cases: Vec<(Box<dyn Fn(&mut Registration)>, &str)> = vec![
-            (Box::new(|r| r.service = String::new()), "service name is empty"),
+        type Edit = Box<dyn Fn(&mut Registration)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|r| r.service = String::new()),
+                "service name is empty",
+            ),
             (Box::new(|r| r.service = "a b".into()), "contains ' '"),
             (Box::new(|r| r.service = "-x".into()), "must start"),
             (Box::new(|r| r.service = "x".repeat(200)), "longer than"),
@@ -434,7 +436,10 @@ mod tests {
             (Box::new(|r| r.ttl = Duration::from_millis(10)), "ttl 10ms"),
             (Box::new(|r| r.ttl = Duration::from_secs(86400)), "ttl 1day"),
             (Box::new(|r| r.addr = "0.0.0.0:80".parse().unwrap()), "addr"),
-            (Box::new(|r| r.addr = "127.0.0.1:0".parse().unwrap()), "addr"),
+            (
+                Box::new(|r| r.addr = "127.0.0.1:0".parse().unwrap()),
+                "addr",
+            ),
             (Box::new(|r| r.weight = 0), "weight 0"),
             (
                 Box::new(|r| {

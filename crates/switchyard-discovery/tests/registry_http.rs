@@ -12,8 +12,8 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use switchyard_discovery::{
     Discovery,
     registry::{
-        EmbeddedRegistry, Registration, Registry, RegistryDiscovery, RegistryError,
-        RemoteRegistry, WatchEvent, WatchEventKind, http,
+        EmbeddedRegistry, Registration, Registry, RegistryDiscovery, RegistryError, RemoteRegistry,
+        WatchEvent, WatchEventKind, http,
     },
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -47,7 +47,10 @@ async fn local() -> TcpListener {
 
 fn reg(id: &str, port: u16) -> Registration {
     let mut r = Registration::new("users", id, SocketAddr::from(([127, 0, 0, 1], port)), "me");
-    r.metadata.insert("zone".into(), if port % 2 == 0 { "a" } else { "b" }.into());
+    r.metadata.insert(
+        "zone".into(),
+        if port.is_multiple_of(2) { "a" } else { "b" }.into(),
+    );
     r
 }
 
@@ -71,7 +74,9 @@ async fn watch_resumes_by_revision_after_a_disconnect() {
     client.register(reg("u1", 9001)).await.unwrap();
     let mut watch = client.watch("users", None).await.unwrap();
     let snapshot = watch.next().await.unwrap().unwrap();
-    assert!(matches!(snapshot.kind, WatchEventKind::Resync { ref instances } if instances.len() == 1));
+    assert!(
+        matches!(snapshot.kind, WatchEventKind::Resync { ref instances } if instances.len() == 1)
+    );
     client.register(reg("u2", 9002)).await.unwrap();
     let seen = watch.next().await.unwrap().unwrap();
     assert_eq!(seen.revision, 2);
@@ -115,7 +120,9 @@ async fn watch_resumes_by_revision_after_a_disconnect() {
     assert_eq!(next.revision, 7);
     server.stop().await;
     // The server went away: the stream ends or fails, it does not hang.
-    let end = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap();
     assert!(!matches!(end, Some(Ok(_))), "{end:?}");
 }
 
@@ -140,7 +147,11 @@ async fn raw(
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, content_type, String::from_utf8_lossy(&body).into_owned())
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -168,23 +179,119 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
         "y".repeat(http::MAX_BODY_BYTES)
     );
     let cases: Vec<(&str, String, String, u16, &str)> = vec![
-        ("PUT", put.into(), "{not json".into(), 400, "invalid-registration"),
-        ("PUT", put.into(), r#"{"addr":"127.0.0.1:9001","owner":"host-a","ttl":"1000h"}"#.into(), 400, "invalid-registration"),
-        ("PUT", put.into(), r#"{"addr":"127.0.0.1:9001","owner":"host-a","ttl":"0s"}"#.into(), 400, "invalid-registration"),
-        ("PUT", put.into(), r#"{"addr":"0.0.0.0:9001","owner":"host-a"}"#.into(), 400, "invalid-registration"),
-        ("PUT", put.into(), r#"{"addr":"nowhere","owner":"host-a"}"#.into(), 400, "invalid-registration"),
-        ("PUT", put.into(), r#"{"addr":"127.0.0.1:9001","owner":"host-a","wieght":2}"#.into(), 400, "invalid-registration"),
-        ("PUT", put.into(), r#"{"addr":"127.0.0.1:9001"}"#.into(), 400, "invalid-registration"),
-        ("PUT", put.into(), r#"{"addr":"127.0.0.1:9009","owner":"host-b"}"#.into(), 409, "registration-conflict"),
-        ("PUT", "/v1/registry/services/bad%20name/instances/u1".into(), r#"{"addr":"127.0.0.1:9001","owner":"host-a"}"#.into(), 400, "invalid-registration"),
+        (
+            "PUT",
+            put.into(),
+            "{not json".into(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "PUT",
+            put.into(),
+            r#"{"addr":"127.0.0.1:9001","owner":"host-a","ttl":"1000h"}"#.into(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "PUT",
+            put.into(),
+            r#"{"addr":"127.0.0.1:9001","owner":"host-a","ttl":"0s"}"#.into(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "PUT",
+            put.into(),
+            r#"{"addr":"0.0.0.0:9001","owner":"host-a"}"#.into(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "PUT",
+            put.into(),
+            r#"{"addr":"nowhere","owner":"host-a"}"#.into(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "PUT",
+            put.into(),
+            r#"{"addr":"127.0.0.1:9001","owner":"host-a","wieght":2}"#.into(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "PUT",
+            put.into(),
+            r#"{"addr":"127.0.0.1:9001"}"#.into(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "PUT",
+            put.into(),
+            r#"{"addr":"127.0.0.1:9009","owner":"host-b"}"#.into(),
+            409,
+            "registration-conflict",
+        ),
+        (
+            "PUT",
+            "/v1/registry/services/bad%20name/instances/u1".into(),
+            r#"{"addr":"127.0.0.1:9001","owner":"host-a"}"#.into(),
+            400,
+            "invalid-registration",
+        ),
         ("PUT", put.into(), big, 413, "payload-too-large"),
-        ("DELETE", put.into(), String::new(), 400, "invalid-registration"),
-        ("DELETE", format!("{put}?owner=host-b"), String::new(), 409, "registration-conflict"),
-        ("DELETE", "/v1/registry/services/users/instances/zz?owner=host-a".into(), String::new(), 404, "registry-not-found"),
-        ("POST", "/v1/registry/leases/99/renew".into(), String::new(), 404, "registry-not-found"),
-        ("POST", "/v1/registry/leases/abc/renew".into(), String::new(), 400, "invalid-registration"),
-        ("GET", "/v1/registry/services/users/watch?from=minus-one".into(), String::new(), 400, "invalid-registration"),
-        ("GET", "/v1/registry/services/-x".into(), String::new(), 400, "invalid-registration"),
+        (
+            "DELETE",
+            put.into(),
+            String::new(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "DELETE",
+            format!("{put}?owner=host-b"),
+            String::new(),
+            409,
+            "registration-conflict",
+        ),
+        (
+            "DELETE",
+            "/v1/registry/services/users/instances/zz?owner=host-a".into(),
+            String::new(),
+            404,
+            "registry-not-found",
+        ),
+        (
+            "POST",
+            "/v1/registry/leases/99/renew".into(),
+            String::new(),
+            404,
+            "registry-not-found",
+        ),
+        (
+            "POST",
+            "/v1/registry/leases/abc/renew".into(),
+            String::new(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "GET",
+            "/v1/registry/services/users/watch?from=minus-one".into(),
+            String::new(),
+            400,
+            "invalid-registration",
+        ),
+        (
+            "GET",
+            "/v1/registry/services/-x".into(),
+            String::new(),
+            400,
+            "invalid-registration",
+        ),
     ];
     for (method, path, body, status, kind) in cases {
         let (got, ct, answer) = raw(a, method, &path, body).await;
@@ -218,7 +325,10 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
 
     // The client maps problems back to typed errors.
     let client = RemoteRegistry::new(&format!("http://{a}")).unwrap();
-    assert!(matches!(client.renew(42).await, Err(RegistryError::NotFound(_))));
+    assert!(matches!(
+        client.renew(42).await,
+        Err(RegistryError::NotFound(_))
+    ));
     server.stop().await;
     let err = client.list("users").await.unwrap_err();
     assert!(matches!(err, RegistryError::Unavailable(_)), "{err}");
@@ -231,7 +341,14 @@ async fn watch_lines_are_ndjson() {
     let server = Server::start(local().await, registry as Arc<dyn Registry>).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let response = client
-        .get(format!("http://{}/v1/registry/services/users/watch?from=0", server.addr).parse().unwrap())
+        .get(
+            format!(
+                "http://{}/v1/registry/services/users/watch?from=0",
+                server.addr
+            )
+            .parse()
+            .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
@@ -241,7 +358,10 @@ async fn watch_lines_are_ndjson() {
     assert!(text.ends_with('\n'), "{text:?}");
     let event: WatchEvent = serde_json::from_str(text.trim_end()).unwrap();
     assert_eq!(event.revision, 1);
-    assert!(text.starts_with(r#"{"revision":1,"kind":"put","instance":{"service":"users","id":"u1""#), "{text}");
+    assert!(
+        text.starts_with(r#"{"revision":1,"kind":"put","instance":{"service":"users","id":"u1""#),
+        "{text}"
+    );
     server.stop().await;
 }
 
@@ -261,7 +381,10 @@ async fn discovery_keeps_the_last_set_while_the_registry_is_down_and_catches_up(
     );
     let all = discovery.watch("users").unwrap();
     let zone_a = discovery
-        .watch_filtered("users", BTreeMap::from([("zone".to_owned(), "a".to_owned())]))
+        .watch_filtered(
+            "users",
+            BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+        )
         .unwrap();
 
     remote.register(reg("u1", 9001)).await.unwrap();

@@ -208,17 +208,17 @@ impl Follower {
                     continue;
                 }
             };
-            if let Err(error) = outcome {
-                if !self.stale.swap(true, Ordering::Relaxed) {
-                    metrics::gauge!(STALE_GAUGE, "service" => service.clone()).set(1.0);
-                    tracing::warn!(
-                        %service,
-                        %error,
-                        revision = known.revision,
-                        endpoints = self.tx.borrow().len(),
-                        "registry unreachable; routing on the last known endpoints (stale) until it returns"
-                    );
-                }
+            if let Err(error) = outcome
+                && !self.stale.swap(true, Ordering::Relaxed)
+            {
+                metrics::gauge!(STALE_GAUGE, "service" => service.clone()).set(1.0);
+                tracing::warn!(
+                    %service,
+                    %error,
+                    revision = known.revision,
+                    endpoints = self.tx.borrow().len(),
+                    "registry unreachable; routing on the last known endpoints (stale) until it returns"
+                );
             }
             failures = failures.saturating_add(1);
             let delay = self.delay(failures);

@@ -166,9 +166,10 @@ impl EmbeddedRegistry {
                 for record in loaded.records {
                     let instance = record.instance;
                     state.next_lease = state.next_lease.max(instance.lease + 1);
-                    state
-                        .leases
-                        .insert(instance.lease, (instance.service.clone(), instance.id.clone()));
+                    state.leases.insert(
+                        instance.lease,
+                        (instance.service.clone(), instance.id.clone()),
+                    );
                     state
                         .services
                         .entry(instance.service.clone())
@@ -361,9 +362,7 @@ impl Inner {
                 .and_then(|s| s.get(id))
                 .filter(|e| e.deadline > Instant::now())
                 .ok_or_else(|| {
-                    RegistryError::NotFound(format!(
-                        "service {service:?} has no instance {id:?}"
-                    ))
+                    RegistryError::NotFound(format!("service {service:?} has no instance {id:?}"))
                 })?;
             if entry.instance.owner != owner {
                 return Err(RegistryError::Conflict(format!(
@@ -458,7 +457,9 @@ impl Inner {
                 if let Some(previous) = previous.filter(|p| p.instance.lease != lease) {
                     state.leases.remove(&previous.instance.lease);
                 }
-                state.leases.insert(lease, (m.service.clone(), m.id.clone()));
+                state
+                    .leases
+                    .insert(lease, (m.service.clone(), m.id.clone()));
                 // A new lease may expire before the one the sweeper sleeps on.
                 self.sweep.notify_one();
                 kind
@@ -466,7 +467,11 @@ impl Inner {
             Write::Delete => {
                 let service_entries = state.services.get_mut(&m.service);
                 let removed = service_entries.and_then(|s| s.remove(&m.id));
-                if state.services.get(&m.service).is_some_and(BTreeMap::is_empty) {
+                if state
+                    .services
+                    .get(&m.service)
+                    .is_some_and(BTreeMap::is_empty)
+                {
                     state.services.remove(&m.service);
                 }
                 if let Some(removed) = removed {
@@ -620,7 +625,11 @@ async fn sweep(inner: Weak<Inner>, wake: Arc<Notify>) {
             let now = Instant::now();
             let (still_due, next) = inner.due(now);
             // Only a store failure leaves expired entries behind.
-            if still_due.is_empty() { next } else { Some(now + RETRY) }
+            if still_due.is_empty() {
+                next
+            } else {
+                Some(now + RETRY)
+            }
         };
         match next {
             Some(deadline) => {

@@ -22,7 +22,10 @@
 //! [`KEEPALIVE_LINE`] every [`KEEPALIVE_INTERVAL`], so clients can tell a
 //! quiet service from a dead connection.
 
-use std::{collections::BTreeMap, convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap, convert::Infallible, future::Future, net::SocketAddr, sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -288,7 +291,10 @@ async fn list_services(State(registry): Shared) -> Response {
     )
 }
 
-async fn get_service(State(registry): Shared, path: Result<Path<String>, PathRejection>) -> Response {
+async fn get_service(
+    State(registry): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
     let Path(service) = match path {
         Ok(path) => path,
         Err(rejection) => return bad_path(&rejection),
@@ -344,21 +350,24 @@ fn ndjson(events: WatchStream) -> impl futures_core::Stream<Item = Result<Bytes,
     let start = tokio::time::Instant::now() + KEEPALIVE_INTERVAL;
     let mut keepalive = tokio::time::interval_at(start, KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    futures_util::stream::unfold((events, keepalive), |(mut events, mut keepalive)| async move {
-        tokio::select! {
-            event = events.next() => match event {
-                Some(Ok(event)) => Some((Ok(line(&event)), (events, keepalive))),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "registry watch ended");
-                    None
+    futures_util::stream::unfold(
+        (events, keepalive),
+        |(mut events, mut keepalive)| async move {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) => Some((Ok(line(&event)), (events, keepalive))),
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "registry watch ended");
+                        None
+                    }
+                    None => None,
+                },
+                _ = keepalive.tick() => {
+                    Some((Ok(Bytes::from(format!("{KEEPALIVE_LINE}\n"))), (events, keepalive)))
                 }
-                None => None,
-            },
-            _ = keepalive.tick() => {
-                Some((Ok(Bytes::from(format!("{KEEPALIVE_LINE}\n"))), (events, keepalive)))
             }
-        }
-    })
+        },
+    )
 }
 
 fn line(event: &WatchEvent) -> Bytes {
@@ -368,7 +377,10 @@ fn line(event: &WatchEvent) -> Bytes {
 }
 
 async fn read_body(body: Body) -> Result<Bytes, Box<Response>> {
-    match http_body_util::Limited::new(body, MAX_BODY_BYTES).collect().await {
+    match http_body_util::Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Box::new(problem_response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -376,9 +388,9 @@ async fn read_body(body: Body) -> Result<Bytes, Box<Response>> {
             "Payload too large",
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
         ))),
-        Err(e) => Err(Box::new(problem(&RegistryError::InvalidRegistration(format!(
-            "the body could not be read: {e}"
-        ))))),
+        Err(e) => Err(Box::new(problem(&RegistryError::InvalidRegistration(
+            format!("the body could not be read: {e}"),
+        )))),
     }
 }
 
@@ -406,7 +418,12 @@ pub fn problem(err: &RegistryError) -> Response {
     problem_response(err.status(), err.kind(), title, err.detail().to_owned())
 }
 
-fn problem_response(status: StatusCode, kind: &'static str, title: &str, detail: String) -> Response {
+fn problem_response(
+    status: StatusCode,
+    kind: &'static str,
+    title: &str,
+    detail: String,
+) -> Response {
     let body = ProblemBody {
         kind: format!("{PROBLEM_TYPE_PREFIX}{kind}"),
         title: title.to_owned(),
@@ -431,7 +448,9 @@ pub(crate) fn error_from_problem(status: StatusCode, body: &[u8]) -> RegistryErr
         .unwrap_or_else(|| {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
             if status.is_client_error() {
-                RegistryError::InvalidRegistration(format!("the registry answered {status}: {text}"))
+                RegistryError::InvalidRegistration(format!(
+                    "the registry answered {status}: {text}"
+                ))
             } else {
                 RegistryError::Unavailable(format!("the registry answered {status}: {text}"))
             }

@@ -34,7 +34,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a watch may carry nothing before it is considered broken
 /// (three keep-alive intervals).
-pub const DEFAULT_WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(3 * KEEPALIVE_INTERVAL.as_secs());
+pub const DEFAULT_WATCH_IDLE_TIMEOUT: Duration =
+    Duration::from_secs(3 * KEEPALIVE_INTERVAL.as_secs());
 /// The longest watch line accepted (a resync of a very large service).
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -75,7 +76,9 @@ impl RemoteRegistry {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
         if uri.scheme_str() != Some("http") {
             return Err(invalid("the scheme must be http"));
         }
@@ -132,9 +135,9 @@ impl RemoteRegistry {
             }
             None => Empty::new().boxed(),
         };
-        let request = builder
-            .body(body)
-            .map_err(|e| RegistryError::InvalidRegistration(format!("bad request to {uri}: {e}")))?;
+        let request = builder.body(body).map_err(|e| {
+            RegistryError::InvalidRegistration(format!("bad request to {uri}: {e}"))
+        })?;
         let response = tokio::time::timeout(self.request_timeout, self.client.request(request))
             .await
             .map_err(|_| {
@@ -169,7 +172,9 @@ impl RemoteRegistry {
         let response = self.send(method, path, body).await?;
         let bytes = self.collect(response.into_body()).await?;
         serde_json::from_slice(&bytes).map_err(|e| {
-            RegistryError::Unavailable(format!("the registry's answer is not what this client expects: {e}"))
+            RegistryError::Unavailable(format!(
+                "the registry's answer is not what this client expects: {e}"
+            ))
         })
     }
 }
@@ -204,8 +209,12 @@ impl Registry for RemoteRegistry {
 
     fn renew(&self, lease: LeaseId) -> BoxFuture<'_, Result<Lease, RegistryError>> {
         Box::pin(async move {
-            self.json(Method::POST, &format!("/v1/registry/leases/{lease}/renew"), None)
-                .await
+            self.json(
+                Method::POST,
+                &format!("/v1/registry/leases/{lease}/renew"),
+                None,
+            )
+            .await
         })
     }
 
@@ -232,7 +241,11 @@ impl Registry for RemoteRegistry {
         Box::pin(async move {
             validate_service_name(service)?;
             let listing: ServiceListing = self
-                .json(Method::GET, &format!("/v1/registry/services/{service}"), None)
+                .json(
+                    Method::GET,
+                    &format!("/v1/registry/services/{service}"),
+                    None,
+                )
                 .await?;
             Ok(Listing {
                 instances: listing.instances,
@@ -303,7 +316,9 @@ async fn next_event(mut st: Lines) -> Option<(Result<WatchEvent, RegistryError>,
                 st.done = true;
                 let idle = humantime::format_duration(st.idle);
                 return Some((
-                    Err(RegistryError::Unavailable(format!("the watch was silent for {idle}"))),
+                    Err(RegistryError::Unavailable(format!(
+                        "the watch was silent for {idle}"
+                    ))),
                     st,
                 ));
             }
@@ -311,7 +326,10 @@ async fn next_event(mut st: Lines) -> Option<(Result<WatchEvent, RegistryError>,
             Ok(Some(Err(e))) => {
                 st.done = true;
                 return Some((
-                    Err(RegistryError::Unavailable(format!("the watch broke: {}", chain(&e)))),
+                    Err(RegistryError::Unavailable(format!(
+                        "the watch broke: {}",
+                        chain(&e)
+                    ))),
                     st,
                 ));
             }
@@ -340,7 +358,9 @@ async fn next_event(mut st: Lines) -> Option<(Result<WatchEvent, RegistryError>,
         }
         if !st.done && st.buf.len() > MAX_LINE_BYTES {
             st.done = true;
-            st.error = Some(RegistryError::Unavailable("a watch line is too long".into()));
+            st.error = Some(RegistryError::Unavailable(
+                "a watch line is too long".into(),
+            ));
         }
     }
 }

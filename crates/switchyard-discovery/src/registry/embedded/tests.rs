@@ -5,12 +5,7 @@ use futures_util::StreamExt;
 use super::*;
 
 fn reg(service: &str, id: &str, port: u16, owner: &str) -> Registration {
-    let mut r = Registration::new(
-        service,
-        id,
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        owner,
-    );
+    let mut r = Registration::new(service, id, SocketAddr::from(([127, 0, 0, 1], port)), owner);
     r.ttl = Duration::from_secs(10);
     r
 }
@@ -25,8 +20,14 @@ async fn ids(registry: &EmbeddedRegistry, service: &str) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn leases_expire_unless_renewed() {
     let registry = EmbeddedRegistry::open(None).unwrap();
-    let a = registry.register(reg("users", "a", 9001, "host-a")).await.unwrap();
-    let b = registry.register(reg("users", "b", 9002, "host-b")).await.unwrap();
+    let a = registry
+        .register(reg("users", "a", 9001, "host-a"))
+        .await
+        .unwrap();
+    let b = registry
+        .register(reg("users", "b", 9002, "host-b"))
+        .await
+        .unwrap();
     assert_eq!((a.revision, b.revision), (1, 2));
     assert_eq!(a.ttl, Duration::from_secs(10));
     let mut watch = registry.watch("users", Some(2)).await.unwrap();
@@ -72,15 +73,24 @@ async fn leases_expire_unless_renewed() {
 #[tokio::test(start_paused = true)]
 async fn reregistering_renews_and_updates_only_on_change() {
     let registry = EmbeddedRegistry::open(None).unwrap();
-    let first = registry.register(reg("users", "a", 9001, "me")).await.unwrap();
+    let first = registry
+        .register(reg("users", "a", 9001, "me"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
     // Same registration again: a renewal, no new revision.
-    let again = registry.register(reg("users", "a", 9001, "me")).await.unwrap();
+    let again = registry
+        .register(reg("users", "a", 9001, "me"))
+        .await
+        .unwrap();
     assert_eq!((again.id, again.revision), (first.id, 1));
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(ids(&registry, "users").await, ["a"]);
     // A new address is a change with the same lease.
-    let moved = registry.register(reg("users", "a", 9009, "me")).await.unwrap();
+    let moved = registry
+        .register(reg("users", "a", 9009, "me"))
+        .await
+        .unwrap();
     assert_eq!((moved.id, moved.revision), (first.id, 2));
     let listing = registry.list("users").await.unwrap();
     assert_eq!(listing.instances[0].addr.port(), 9009);
@@ -89,7 +99,10 @@ async fn reregistering_renews_and_updates_only_on_change() {
 #[tokio::test(start_paused = true)]
 async fn other_owners_and_bad_input_change_nothing() {
     let registry = EmbeddedRegistry::open(None).unwrap();
-    registry.register(reg("users", "a", 9001, "host-a")).await.unwrap();
+    registry
+        .register(reg("users", "a", 9001, "host-a"))
+        .await
+        .unwrap();
     let before = registry.list("users").await.unwrap();
 
     let err = registry
@@ -107,7 +120,10 @@ async fn other_owners_and_bad_input_change_nothing() {
     let mut absurd = reg("users", "a", 9001, "host-a");
     absurd.ttl = Duration::from_secs(365 * 24 * 3600);
     let err = registry.register(absurd).await.unwrap_err();
-    assert!(matches!(err, RegistryError::InvalidRegistration(_)), "{err}");
+    assert!(
+        matches!(err, RegistryError::InvalidRegistration(_)),
+        "{err}"
+    );
     assert_eq!(err.status(), 400);
     let mut absurd = reg("users", "a", 9001, "host-a");
     absurd.ttl = Duration::ZERO;
@@ -123,8 +139,14 @@ async fn other_owners_and_bad_input_change_nothing() {
 
     // The right owner may; once the lease expired, anyone may take the id.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let taken = registry.register(reg("users", "a", 9005, "host-b")).await.unwrap();
-    assert_eq!(registry.list("users").await.unwrap().instances[0].owner, "host-b");
+    let taken = registry
+        .register(reg("users", "a", 9005, "host-b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.list("users").await.unwrap().instances[0].owner,
+        "host-b"
+    );
     registry.deregister("users", "a", "host-b").await.unwrap();
     assert!(registry.renew(taken.id).await.is_err());
 }
@@ -167,7 +189,10 @@ async fn watch_resumes_without_gaps_and_resyncs_when_compacted() {
     // is a resync, not a silent gap.
     for i in 0..HISTORY as u16 / 2 + 1 {
         let id = format!("x{i}");
-        registry.register(reg("bulk", &id, 1 + i, "me")).await.unwrap();
+        registry
+            .register(reg("bulk", &id, 1 + i, "me"))
+            .await
+            .unwrap();
         registry.deregister("bulk", &id, "me").await.unwrap();
     }
     let mut late = registry.watch("users", Some(4)).await.unwrap();
@@ -191,8 +216,14 @@ async fn state_survives_a_restart() {
         let mut r = reg("users", "a", 9001, "host-a");
         r.metadata.insert("zone".into(), "eu-1".into());
         let lease = registry.register(r).await.unwrap();
-        registry.register(reg("users", "b", 9002, "host-b")).await.unwrap();
-        registry.register(reg("orders", "c", 9003, "host-c")).await.unwrap();
+        registry
+            .register(reg("users", "b", 9002, "host-b"))
+            .await
+            .unwrap();
+        registry
+            .register(reg("orders", "c", 9003, "host-c"))
+            .await
+            .unwrap();
         registry.deregister("users", "b", "host-b").await.unwrap();
         (lease, registry.revision())
     };
@@ -208,7 +239,10 @@ async fn state_survives_a_restart() {
     // The lease id survives, so the instance's renewals keep working.
     assert_eq!(registry.renew(lease.id).await.unwrap().id, lease.id);
     // New leases don't reuse old ids; revisions continue.
-    let next = registry.register(reg("users", "d", 9004, "host-d")).await.unwrap();
+    let next = registry
+        .register(reg("users", "d", 9004, "host-d"))
+        .await
+        .unwrap();
     assert!(next.id > lease.id);
     assert_eq!(next.revision, revision + 1);
     // Watchers from before the restart resync (the history is gone).
@@ -229,7 +263,10 @@ async fn restarted_instances_get_one_ttl_to_renew() {
     let path = dir.path().join("registry.redb");
     {
         let registry = EmbeddedRegistry::open(Some(&path)).unwrap();
-        registry.register(reg("users", "a", 9001, "me")).await.unwrap();
+        registry
+            .register(reg("users", "a", 9001, "me"))
+            .await
+            .unwrap();
     }
     // However long the registry was down, the instance gets a fresh ttl.
     tokio::time::advance(Duration::from_secs(3600)).await;
@@ -258,7 +295,12 @@ async fn concurrent_registrations_match_a_model() {
             for i in 0..50u16 {
                 let id = format!("o{owner}-{i}");
                 registry
-                    .register(reg("svc", &id, 1000 + owner * 100 + i, &format!("owner{owner}")))
+                    .register(reg(
+                        "svc",
+                        &id,
+                        1000 + owner * 100 + i,
+                        &format!("owner{owner}"),
+                    ))
                     .await
                     .unwrap();
                 // Every other owner's attempt to take it is refused.
@@ -315,7 +357,11 @@ mod prop {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..6u8, 0..3u8, 1..5u16).prop_map(|(id, owner, port)| Op::Register { id, owner, port }),
+            (0..6u8, 0..3u8, 1..5u16).prop_map(|(id, owner, port)| Op::Register {
+                id,
+                owner,
+                port
+            }),
             (0..6u8, 0..3u8).prop_map(|(id, owner)| Op::Deregister { id, owner }),
         ]
     }
