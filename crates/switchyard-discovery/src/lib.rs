@@ -8,8 +8,11 @@
 //! half-applied change).
 //!
 //! [`StaticDiscovery`] serves the endpoints listed in config and can be
-//! updated in place (a config reload does that). The registry backends plug in
-//! behind the same trait.
+//! updated in place (a config reload does that).
+//! [`registry::RegistryDiscovery`] follows a service [`registry`] instead:
+//! instances register with a TTL lease and watchers see them come and go
+//! within milliseconds, resuming by revision after a disconnect and serving
+//! the last known set while the registry is unreachable.
 //!
 //! ```
 //! use switchyard_discovery::{Discovery, Endpoint, StaticDiscovery};
@@ -22,6 +25,50 @@
 //! discovery.set("catalog", vec![]);
 //! assert!(rx.borrow().is_empty());
 //! ```
+
+//!
+//! # The embedded registry
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::{sync::Arc, time::Duration};
+//! use futures_util::StreamExt;
+//! use switchyard_discovery::registry::{
+//!     EmbeddedRegistry, Registration, Registry, RegistryError, WatchEventKind,
+//! };
+//!
+//! // `Some(path)` persists it in a redb file; `None` keeps it in memory.
+//! let registry: Arc<dyn Registry> = Arc::new(EmbeddedRegistry::open(None)?);
+//!
+//! let mut users = Registration::new("users", "users-1", "127.0.0.1:9001".parse()?, "host-a");
+//! users.ttl = Duration::from_secs(10);
+//! users.metadata.insert("zone".into(), "eu-1".into());
+//! let lease = registry.register(users).await?;
+//!
+//! // A watcher from revision 0 sees the registration, then later changes.
+//! let mut watch = registry.watch("users", Some(0)).await?;
+//! let event = watch.next().await.unwrap()?;
+//! assert_eq!(event.revision, lease.revision);
+//! assert!(matches!(event.kind, WatchEventKind::Put { .. }));
+//!
+//! // Renew within the TTL, or the instance expires on its own.
+//! registry.renew(lease.id).await?;
+//!
+//! // Only the owner may remove it.
+//! let err = registry.deregister("users", "users-1", "host-b").await.unwrap_err();
+//! assert!(matches!(err, RegistryError::Conflict(_)));
+//! assert_eq!(err.status(), 409);
+//! registry.deregister("users", "users-1", "host-a").await?;
+//! assert!(registry.list("users").await?.instances.is_empty());
+//! # Ok(()) }
+//! ```
+//!
+//! The same registry is served over HTTP by [`registry::http::router`] and
+//! used from other processes through [`registry::RemoteRegistry`]; the API is
+//! documented in `docs/registry.md`.
+
+pub mod registry;
 
 use std::{collections::BTreeMap, collections::HashMap, net::SocketAddr, sync::Arc};
 
@@ -71,6 +118,12 @@ pub enum DiscoveryError {
     /// No source knows this service.
     #[error("unknown service {0:?}; define it under [services] or register an instance of it")]
     UnknownService(String),
+    /// The service name can't be watched (it is malformed).
+    #[error("invalid service: {0}")]
+    InvalidService(String),
+    /// The source can't start watching (for example, outside a Tokio runtime).
+    #[error("discovery unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where endpoint sets come from.
