@@ -57,6 +57,104 @@ pub struct Config {
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The service registry: hosted here, or another process's. Default: none.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+    /// Local instances this process registers while their health checks
+    /// pass (`[[register]]`).
+    #[serde(default)]
+    pub register: Vec<RegisterConfig>,
+}
+
+/// Default file of the embedded registry, beside the config file.
+pub const DEFAULT_REGISTRY_DATA: &str = "switchyard-registry.redb";
+/// Default lease TTL of a sidecar registration.
+pub const DEFAULT_REGISTER_TTL: Duration = Duration::from_secs(10);
+/// Default interval of a sidecar health check.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Default timeout of a sidecar health check.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where services' instances are registered and found (`[registry]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Host the registry in this process; its API is served on the admin
+    /// listener under `/v1/registry`. Default `false`.
+    #[serde(default)]
+    pub embedded: bool,
+    /// With `embedded`: the file its state lives in (relative to the config
+    /// file's directory). Default `"switchyard-registry.redb"`.
+    #[serde(default)]
+    pub data: Option<std::path::PathBuf>,
+    /// Use the registry hosted by another Switchyard process, e.g.
+    /// `"http://127.0.0.1:9901"` (its admin listener). Default: none.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// A local instance this process registers (`[[register]]`), the SmartStack
+/// nerve role: registered while its health check passes, deregistered when
+/// it fails and on shutdown; its lease expires on its own after a crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterConfig {
+    /// The service it is an instance of. Required.
+    pub service: String,
+    /// Where the instance listens. Required.
+    pub addr: SocketAddr,
+    /// Its id within the service. Default: the address.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Labels (`version`, `zone`, ...) routes can select on. Default: none.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Relative share of traffic. Default 1.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+    /// Lease TTL; renewed every third of it. Default `"10s"`.
+    #[serde(default = "defaults::register_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// The health check. Default: a TCP connect to `addr` every 2s.
+    #[serde(default)]
+    pub check: CheckConfig,
+}
+
+/// A sidecar health check: one of `http`, `tcp` or `command`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckConfig {
+    /// `GET` this path on the instance; a 2xx answer passes. Default: none.
+    pub http: Option<String>,
+    /// Connect to the instance's address; a connection passes. Default:
+    /// true when neither `http` nor `command` is set.
+    pub tcp: bool,
+    /// Run this program (argv form); exit status 0 passes. Default: none.
+    pub command: Option<Vec<String>>,
+    /// Time between checks. Default `"2s"`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check slower than this fails. Default `"1s"`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Passes in a row before the instance is registered. Default 1.
+    pub healthy_threshold: u32,
+    /// Failures in a row before it is deregistered. Default 2.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        Self {
+            http: None,
+            tcp: false,
+            command: None,
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        }
+    }
 }
 
 /// The admin listener: metrics, health, state, reload.
@@ -112,10 +210,14 @@ impl Default for ShutdownConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Static endpoints: `"127.0.0.1:9001"` or `{ addr = "...", weight = 2,
-    /// metadata = { zone = "a" } }`. Required (the registry issue adds
-    /// dynamic discovery).
+    /// metadata = { zone = "a" } }`. Default: none, and then the service's
+    /// instances come from the `[registry]`.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// With the registry: only instances whose metadata has all these
+    /// values, e.g. `{ version = "v2", zone = "a" }`. Default: all.
+    #[serde(default)]
+    pub select: BTreeMap<String, String>,
     /// `"http1"` (default) or `"http2"` (prior knowledge, h2c).
     #[serde(default)]
     pub protocol: Protocol,
@@ -266,6 +368,13 @@ pub struct RouteConfig {
 
 mod defaults {
     use super::*;
+
+    pub(super) fn weight() -> u32 {
+        1
+    }
+    pub(super) fn register_ttl() -> Duration {
+        DEFAULT_REGISTER_TTL
+    }
 
     pub(super) fn connect_timeout() -> Duration {
         TransportConfig::default().connect_timeout

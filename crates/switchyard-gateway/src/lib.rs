@@ -19,6 +19,7 @@ pub mod config;
 pub mod framing;
 pub mod problem;
 pub mod proxy;
+mod registrar;
 pub mod routes;
 mod runtime;
 pub mod server;
@@ -40,9 +41,12 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use crate::{
     config::{Config, ConfigError},
     proxy::{Proxy, RouteTable},
-    runtime::Runtime,
+    runtime::{Runtime, Sources},
 };
 use switchyard_client::NoHealthyEndpoint;
+use switchyard_discovery::registry::{
+    EmbeddedRegistry, Registry, RegistryDiscovery, RemoteRegistry, http as registry_http,
+};
 use switchyard_policy::{MetricsObserver, Observer, events::Fanout};
 
 /// Why the gateway could not start.
@@ -77,7 +81,7 @@ pub(crate) struct Shared {
     runtime: ArcSwap<Runtime>,
     /// The route table every listener's proxy serves, swapped on reload.
     table: Arc<ArcSwap<RouteTable>>,
-    discovery: StaticDiscovery,
+    sources: Sources,
     metrics: PrometheusHandle,
     draining: AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
@@ -101,18 +105,22 @@ impl Shared {
         let config = Config::load(path)?;
         let current = self.runtime.load();
         let file = path.display().to_string();
-        if config.listeners != current.config.listeners || config.admin != current.config.admin {
+        if config.listeners != current.config.listeners
+            || config.admin != current.config.admin
+            || config.registry != current.config.registry
+            || config.register != current.config.register
+        {
             return Err(ConfigError {
                 file,
                 line: 1,
                 key: "listeners".to_owned(),
-                message: "listeners and the admin listener can't change while running; restart to apply them \
-                          (the running config keeps serving)"
+                message: "listeners, the admin listener, [registry] and [[register]] can't change while running; \
+                          restart to apply them (the running config keeps serving)"
                     .to_owned(),
             });
         }
         let (runtime, table) =
-            Runtime::build(config, Some(&current), &self.discovery, &self.observer).map_err(
+            Runtime::build(config, Some(&current), &self.sources, &self.observer).map_err(
                 |message| ConfigError {
                     file,
                     line: 1,
@@ -132,6 +140,8 @@ impl Shared {
 pub struct Gateway {
     shared: Arc<Shared>,
     tasks: JoinSet<io::Result<()>>,
+    /// Sidecar registrations; they deregister when shutdown is signalled.
+    registrations: JoinSet<()>,
     shutdown: watch::Sender<bool>,
     listener_addrs: BTreeMap<String, SocketAddr>,
     admin_addr: SocketAddr,
@@ -157,10 +167,16 @@ impl Gateway {
             Some(extra) => Arc::new(Fanout(vec![Arc::new(MetricsObserver), extra])),
             None => Arc::new(MetricsObserver),
         };
-        let discovery = StaticDiscovery::default();
         let metrics = admin::metrics_handle();
-        let (runtime, table) = Runtime::build(config.clone(), None, &discovery, &observer)
-            .map_err(StartError::Other)?;
+        let (registry, hosted) = open_registry(&config, path.as_deref())?;
+        let sources = Sources {
+            statics: StaticDiscovery::default(),
+            registry: registry
+                .clone()
+                .map(|r| Arc::new(RegistryDiscovery::new(r))),
+        };
+        let (runtime, table) =
+            Runtime::build(config.clone(), None, &sources, &observer).map_err(StartError::Other)?;
         let table = Arc::new(ArcSwap::from_pointee(table));
 
         let mut bound = Vec::new();
@@ -199,7 +215,7 @@ impl Gateway {
             observer,
             runtime: ArcSwap::from_pointee(runtime),
             table,
-            discovery,
+            sources,
             metrics,
             draining: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -221,10 +237,27 @@ impl Gateway {
         }
         {
             let signal = wait_for(shutdown.subscribe());
-            let app = admin::router(shared.clone(), config.admin.token_sha256.as_deref());
+            let mut app = admin::router(shared.clone(), config.admin.token_sha256.as_deref());
+            if let Some(hosted) = hosted {
+                app = app.merge(registry_http::router(hosted));
+            }
             eprintln!("switchyard: admin on {admin_addr}");
-            tasks
-                .spawn(async move { axum::serve(admin, app).with_graceful_shutdown(signal).await });
+            // Registry watches never end on their own, so the admin listener
+            // closes its connections at shutdown rather than waiting for them.
+            tasks.spawn(async move {
+                registry_http::serve(admin, app, signal).await;
+                Ok(())
+            });
+        }
+        let mut registrations = JoinSet::new();
+        if let Some(registry) = &registry {
+            for entry in &config.register {
+                registrations.spawn(registrar::run(
+                    registry.clone(),
+                    entry.clone(),
+                    shutdown.subscribe(),
+                ));
+            }
         }
         {
             // Histogram buckets and idle series are maintained off the request path.
@@ -243,6 +276,7 @@ impl Gateway {
         Ok(Gateway {
             shared,
             tasks,
+            registrations,
             shutdown,
             listener_addrs,
             admin_addr,
@@ -278,6 +312,9 @@ impl Gateway {
             .draining
             .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
+        // Sidecar registrations deregister as soon as shutdown is signalled,
+        // so other gateways stop sending here while the listeners drain.
+        while self.registrations.join_next().await.is_some() {}
         let mut result = Ok(());
         while let Some(joined) = self.tasks.join_next().await {
             match joined {
@@ -310,6 +347,44 @@ impl Gateway {
         eprintln!("switchyard: stopped");
         Ok(())
     }
+}
+
+/// The registry this process uses (if any), and the one it hosts (if
+/// embedded), whose API the admin listener serves.
+type Registries = (Option<Arc<dyn Registry>>, Option<Arc<dyn Registry>>);
+
+fn open_registry(
+    config: &Config,
+    path: Option<&std::path::Path>,
+) -> Result<Registries, StartError> {
+    let Some(registry) = &config.registry else {
+        return Ok((None, None));
+    };
+    if let Some(url) = &registry.url {
+        let remote = RemoteRegistry::new(url)
+            .map_err(|e| StartError::Other(format!("registry.url: {e}")))?;
+        return Ok((Some(Arc::new(remote)), None));
+    }
+    // Without a config file (the demo), state lives in memory only.
+    let data = path.map(|config_path| {
+        let file = registry
+            .data
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_REGISTRY_DATA.into());
+        match config_path.parent() {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file,
+        }
+    });
+    let embedded = EmbeddedRegistry::open(data.as_deref()).map_err(|e| {
+        StartError::Other(format!(
+            "registry.data: cannot open {}: {e}",
+            data.as_deref()
+                .map_or_else(|| "(memory)".into(), |d| d.display().to_string())
+        ))
+    })?;
+    let embedded: Arc<dyn Registry> = Arc::new(embedded);
+    Ok((Some(embedded.clone()), Some(embedded)))
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 use switchyard_client::ServiceClient;
-use switchyard_discovery::{Discovery, StaticDiscovery};
+use switchyard_discovery::{Discovery, StaticDiscovery, registry::RegistryDiscovery};
 use switchyard_policy::{Events, HttpClassifier, Observer, Policy, PolicyConfig};
 use tower::{Layer, util::BoxCloneSyncService};
 
@@ -20,6 +20,38 @@ use crate::{
     proxy::{DeadlineHeaderLayer, RouteTable, Upstream},
     routes::Router,
 };
+
+/// Where services' endpoints come from: the config's static lists, and the
+/// registry when one is configured.
+pub(crate) struct Sources {
+    pub(crate) statics: StaticDiscovery,
+    pub(crate) registry: Option<Arc<RegistryDiscovery>>,
+}
+
+impl Sources {
+    /// The endpoint set of `name`: its static list, or its registry instances.
+    fn watch(
+        &self,
+        name: &str,
+        service: &ServiceConfig,
+    ) -> Result<tokio::sync::watch::Receiver<switchyard_discovery::Endpoints>, String> {
+        if service.endpoints.is_empty() {
+            let registry = self
+                .registry
+                .as_ref()
+                .ok_or_else(|| format!("services.{name}: no endpoints and no registry"))?;
+            registry
+                .watch_filtered(name, service.select.clone())
+                .map_err(|e| e.to_string())
+        } else {
+            self.statics.set(
+                name,
+                service.endpoints.iter().map(|e| e.endpoint()).collect(),
+            );
+            self.statics.watch(name).map_err(|e| e.to_string())
+        }
+    }
+}
 
 /// A policy as the gateway builds it: HTTP responses classified by status.
 pub(crate) type HttpPolicy = Policy<HttpClassifier>;
@@ -75,15 +107,17 @@ impl Runtime {
     pub(crate) fn build(
         config: Config,
         previous: Option<&Runtime>,
-        discovery: &StaticDiscovery,
+        sources: &Sources,
         observer: &Arc<dyn Observer>,
     ) -> Result<(Runtime, RouteTable), String> {
         let mut services = BTreeMap::new();
         for (name, service) in &config.services {
-            discovery.set(
-                name,
-                service.endpoints.iter().map(|e| e.endpoint()).collect(),
-            );
+            if !service.endpoints.is_empty() {
+                sources.statics.set(
+                    name,
+                    service.endpoints.iter().map(|e| e.endpoint()).collect(),
+                );
+            }
             let reusable = previous.and_then(|p| p.services.get(name)).filter(|old| {
                 same_but_endpoints(&old.config, service)
                     && old.policy.config() == effective_policy(&config, service)
@@ -94,7 +128,7 @@ impl Runtime {
                     ..old.clone()
                 },
                 None => {
-                    let endpoints = discovery.watch(name).map_err(|e| e.to_string())?;
+                    let endpoints = sources.watch(name, service)?;
                     let client = ServiceClient::new(
                         name,
                         service.transport(),
@@ -115,7 +149,7 @@ impl Runtime {
         }
         for old in previous.map(|p| p.services.keys()).into_iter().flatten() {
             if !services.contains_key(old) {
-                discovery.remove(old);
+                sources.statics.remove(old);
             }
         }
 
@@ -191,13 +225,16 @@ fn effective_policy<'a>(config: &'a Config, service: &'a ServiceConfig) -> &'a P
 }
 
 fn same_but_endpoints(a: &ServiceConfig, b: &ServiceConfig) -> bool {
-    ServiceConfig {
-        endpoints: Vec::new(),
-        ..a.clone()
-    } == ServiceConfig {
-        endpoints: Vec::new(),
-        ..b.clone()
-    }
+    // A service moving between static endpoints and the registry needs a
+    // client watching the other source.
+    a.endpoints.is_empty() == b.endpoints.is_empty()
+        && ServiceConfig {
+            endpoints: Vec::new(),
+            ..a.clone()
+        } == ServiceConfig {
+            endpoints: Vec::new(),
+            ..b.clone()
+        }
 }
 
 fn upstream(service: &str, entry: &ServiceEntry, policy: &HttpPolicy) -> Upstream {

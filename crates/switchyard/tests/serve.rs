@@ -76,8 +76,10 @@ async fn a_killed_endpoint_is_ejected_and_traffic_continues() {
 async fn an_endpoint_slowed_tenfold_loses_most_of_its_traffic() {
     let fast = Backend::start("fast").await;
     let slow = Backend::start("slow").await;
-    fast.set(Mode::Delay(Duration::from_millis(3)));
-    slow.set(Mode::Delay(Duration::from_millis(30)));
+    // Tens of milliseconds, so a busy machine's scheduling noise (a few ms)
+    // can't blur the tenfold difference.
+    fast.set(Mode::Delay(Duration::from_millis(10)));
+    slow.set(Mode::Delay(Duration::from_millis(100)));
     let gw = Switchyard::start(&config(&[fast.addr, slow.addr], ""));
     let http = client();
     // Warm up both endpoints' latency estimates.

@@ -257,6 +257,83 @@ impl Config {
             }
         }
 
+        if let Some(registry) = &self.registry {
+            match (registry.embedded, &registry.url) {
+                (true, Some(_)) => p(
+                    "registry.url".into(),
+                    "choose one: embedded = true hosts the registry here, url uses another process's".into(),
+                ),
+                (false, None) => p(
+                    "registry".into(),
+                    "set embedded = true to host the registry here, or url = \"http://127.0.0.1:9901\" to use another's"
+                        .into(),
+                ),
+                (false, Some(url)) => {
+                    if let Err(err) = switchyard_discovery::registry::RemoteRegistry::new(url) {
+                        p("registry.url".into(), err.to_string());
+                    }
+                }
+                (true, None) => {}
+            }
+            if registry.data.is_some() && !registry.embedded {
+                p(
+                    "registry.data".into(),
+                    "data is the embedded registry's file; set embedded = true or remove it".into(),
+                );
+            }
+        }
+        for (i, reg) in self.register.iter().enumerate() {
+            let at = |key: &str| format!("register[{i}].{key}");
+            if self.registry.is_none() {
+                p(
+                    at("service"),
+                    "registering needs a [registry] (embedded = true, or url = ...)".into(),
+                );
+            }
+            if let Err(err) = switchyard_discovery::registry::validate_service_name(&reg.service) {
+                p(at("service"), err.detail().to_owned());
+            }
+            if let Err(err) = switchyard_discovery::registry::validate_ttl(reg.ttl) {
+                p(at("ttl"), err.detail().to_owned());
+            }
+            if reg.addr.port() == 0 || reg.addr.ip().is_unspecified() {
+                p(
+                    at("addr"),
+                    format!(
+                        "{} is not an address others can reach; give the instance's real ip:port",
+                        reg.addr
+                    ),
+                );
+            }
+            let c = &reg.check;
+            let kinds = usize::from(c.http.is_some())
+                + usize::from(c.tcp)
+                + usize::from(c.command.is_some());
+            if kinds > 1 {
+                p(at("check"), "choose one of http, tcp or command".into());
+            }
+            if c.command.as_ref().is_some_and(Vec::is_empty) {
+                p(
+                    at("check.command"),
+                    "give the program and its arguments, e.g. [\"/usr/bin/check\", \"--quick\"]"
+                        .into(),
+                );
+            }
+            if c.http.as_ref().is_some_and(|path| !path.starts_with('/')) {
+                p(at("check.http"), "the path must start with '/'".into());
+            }
+            if c.interval.is_zero()
+                || c.timeout.is_zero()
+                || c.healthy_threshold == 0
+                || c.unhealthy_threshold == 0
+            {
+                p(
+                    at("check"),
+                    "interval, timeout and thresholds must be more than 0".into(),
+                );
+            }
+        }
+
         for (i, route) in self.routes.iter().enumerate() {
             let at = |key: &str| format!("routes[{i}].{key}");
             if !self.services.contains_key(&route.service) {
