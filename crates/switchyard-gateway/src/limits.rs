@@ -66,6 +66,10 @@
 //! # }
 //! ```
 
+// A rejection (about 130 bytes: two header values) is the rare path and is
+// built once; boxing it would cost the caller an allocation for nothing.
+#![allow(clippy::result_large_err)]
+
 pub mod client_ip;
 pub mod config;
 pub mod headers;
@@ -93,7 +97,9 @@ pub use self::{
 };
 use self::{
     headers::{Policy, Tightest, ceil_secs},
-    local::{Key, KeySpace, LocalConcurrency, LocalQuota, LocalRate, SWEEP_INTERVAL, Slot, WallClock},
+    local::{
+        Key, KeySpace, LocalConcurrency, LocalQuota, LocalRate, SWEEP_INTERVAL, Slot, WallClock,
+    },
     shared::{RedisLimits, SharedCheck, SharedOutcome},
 };
 use crate::problem::Problem;
@@ -307,8 +313,7 @@ impl Rule {
                         let interval = u64::try_from((r.per / r.requests).as_micros())
                             .unwrap_or(u64::MAX)
                             .max(1);
-                        let tolerance =
-                            interval.saturating_mul(u64::from(r.effective_burst() - 1));
+                        let tolerance = interval.saturating_mul(u64::from(r.effective_burst() - 1));
                         (interval, tolerance)
                     }),
                     quota: rule.quota.as_ref().map(|q| (q.requests, q.window.secs())),
@@ -577,11 +582,9 @@ impl CallLimits {
                 if redis.on_error == OnRedisError::FailClosed {
                     let rule = shared.first().map(|(rule, _)| *rule);
                     return match rule {
-                        Some(rule) => Err(rule.reject(
-                            LimitReason::Unavailable,
-                            RETRY_AFTER_UNKNOWN,
-                            None,
-                        )),
+                        Some(rule) => {
+                            Err(rule.reject(LimitReason::Unavailable, RETRY_AFTER_UNKNOWN, None))
+                        }
                         None => Ok(()),
                     };
                 }

@@ -306,14 +306,14 @@ impl LimitRule {
             }
             // The same checks the local limiter makes (nanosecond interval,
             // bucket under 100 years), named with this rule's keys.
-            super::local::rate_config(rate, 1)
-                .validate()
-                .map_err(|e| {
-                    let e = e
-                        .replacen("rate_limit.rate", "rate.requests", 1)
-                        .replacen("rate_limit.", "rate.", 1);
-                    format!("{at}.{e}")
-                })?;
+            super::local::rate_config(rate, 1).validate().map_err(|e| {
+                let e = e.replacen("rate_limit.rate", "rate.requests", 1).replacen(
+                    "rate_limit.",
+                    "rate.",
+                    1,
+                );
+                format!("{at}.{e}")
+            })?;
         }
         if self.concurrency == Some(0) {
             return Err(format!(

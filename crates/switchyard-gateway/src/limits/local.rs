@@ -316,7 +316,10 @@ impl KeySpace {
     /// The key to use for `key`: itself, or its overflow bucket while the
     /// rule is folded.
     pub(crate) fn admit_key(&self, key: Key) -> Key {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % CAP_CHECK_EVERY == 0
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(CAP_CHECK_EVERY)
             && self.tracked() >= self.max_keys
         {
             self.folded.store(true, Ordering::Relaxed);

@@ -295,3 +295,6 @@ fn parse_reply(values: &[i64], checks: usize) -> Option<SharedOutcome> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,12 +49,23 @@ fn parse_member(value: &str) -> (String, Vec<(String, u64)>) {
         "{value}: the policy is an sf-string"
     );
     let id = &id[1..id.len() - 1];
-    assert!(id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    );
     let params = parts
         .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or_else(|| panic!("{value}: bad param {p}"));
-            assert!(k.bytes().all(|b| b.is_ascii_lowercase()), "{value}: key {k}");
-            (k.to_owned(), v.parse::<u64>().unwrap_or_else(|_| panic!("{value}: {v}")))
+            let (k, v) = p
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{value}: bad param {p}"));
+            assert!(
+                k.bytes().all(|b| b.is_ascii_lowercase()),
+                "{value}: key {k}"
+            );
+            (
+                k.to_owned(),
+                v.parse::<u64>().unwrap_or_else(|_| panic!("{value}: {v}")),
+            )
         })
         .collect();
     (id.to_owned(), params)
@@ -70,18 +81,30 @@ async fn rate_per_identity_never_shared() {
         rate = { requests = 3, per = "1s" }
         "#,
     );
-    assert_eq!(admitted(&limits, &ctx(Some("alice"), [1, 1, 1, 1]), 10).await, 3);
+    assert_eq!(
+        admitted(&limits, &ctx(Some("alice"), [1, 1, 1, 1]), 10).await,
+        3
+    );
     assert_eq!(
         admitted(&limits, &ctx(Some("bob"), [1, 1, 1, 1]), 10).await,
         3,
         "bob has his own bucket, even from alice's address"
     );
-    let refused = limits.check(&ctx(Some("alice"), [9, 9, 9, 9])).await.unwrap_err();
+    let refused = limits
+        .check(&ctx(Some("alice"), [9, 9, 9, 9]))
+        .await
+        .unwrap_err();
     assert_eq!(refused.reason, LimitReason::Rate);
     assert_eq!(refused.rule, "per-caller");
-    assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_millis(334));
+    assert!(
+        refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_millis(334)
+    );
     time::advance(Duration::from_secs(1)).await;
-    assert_eq!(admitted(&limits, &ctx(Some("alice"), [1, 1, 1, 1]), 10).await, 3, "refilled");
+    assert_eq!(
+        admitted(&limits, &ctx(Some("alice"), [1, 1, 1, 1]), 10).await,
+        3,
+        "refilled"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -110,13 +133,25 @@ async fn rate_per_client_ip_and_route_filters() {
         "#,
     );
     assert_eq!(admitted(&limits, &ctx(Some("a"), [1, 1, 1, 1]), 5).await, 2);
-    assert_eq!(admitted(&limits, &ctx(Some("b"), [1, 1, 1, 1]), 5).await, 0, "same IP");
-    assert_eq!(admitted(&limits, &ctx(None, [1, 1, 1, 2]), 5).await, 2, "other IP");
+    assert_eq!(
+        admitted(&limits, &ctx(Some("b"), [1, 1, 1, 1]), 5).await,
+        0,
+        "same IP"
+    );
+    assert_eq!(
+        admitted(&limits, &ctx(None, [1, 1, 1, 2]), 5).await,
+        2,
+        "other IP"
+    );
     let other_route = LimitContext {
         route: "users",
         ..ctx(None, [1, 1, 1, 1])
     };
-    assert_eq!(admitted(&limits, &other_route, 5).await, 5, "rule is for orders only");
+    assert_eq!(
+        admitted(&limits, &other_route, 5).await,
+        5,
+        "rule is for orders only"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -133,12 +168,22 @@ async fn quota_per_minute_rolls_over_at_the_utc_minute() {
     let alice = ctx(Some("alice"), [1, 1, 1, 1]);
     let permit = limits.check(&alice).await.unwrap();
     let headers = permit.headers();
-    assert_eq!(header(&headers, "ratelimit-policy"), r#""partner/minute";q=3;w=60"#);
-    assert_eq!(header(&headers, "ratelimit"), r#""partner/minute";r=2;t=30"#);
+    assert_eq!(
+        header(&headers, "ratelimit-policy"),
+        r#""partner/minute";q=3;w=60"#
+    );
+    assert_eq!(
+        header(&headers, "ratelimit"),
+        r#""partner/minute";r=2;t=30"#
+    );
     assert_eq!(admitted(&limits, &alice, 5).await, 2);
     let refused = limits.check(&alice).await.unwrap_err();
     assert_eq!(refused.reason, LimitReason::Quota);
-    assert_eq!(refused.retry_after, Duration::from_secs(30), "until the minute ends");
+    assert_eq!(
+        refused.retry_after,
+        Duration::from_secs(30),
+        "until the minute ends"
+    );
     time::advance(Duration::from_secs(29)).await;
     assert!(limits.check(&alice).await.is_err(), "same window");
     time::advance(Duration::from_secs(1)).await;
@@ -190,7 +235,11 @@ async fn a_refusal_by_a_later_rule_releases_earlier_slots() {
     drop(limits.check(&c).await.unwrap());
     assert_eq!(limits.check(&c).await.unwrap_err().rule, "rate");
     let conc = limits.inner.rules[0].local.concurrency.as_ref().unwrap();
-    assert_eq!(conc.in_flight(&Key::Global), 0, "the refused call's slot came back");
+    assert_eq!(
+        conc.in_flight(&Key::Global),
+        0,
+        "the refused call's slot came back"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -235,7 +284,11 @@ async fn headers_name_the_most_restrictive_policy_and_are_well_formed() {
     assert_eq!(res.headers().get_all("retry-after").iter().count(), 1);
     // The sub-second rate is advertised per whole second.
     assert_eq!(
-        limits.inner.rules[2].rate_policy.as_ref().unwrap().policy_value(),
+        limits.inner.rules[2]
+            .rate_policy
+            .as_ref()
+            .unwrap()
+            .policy_value(),
         r#""fast";q=500;w=1"#
     );
 }
@@ -256,7 +309,10 @@ async fn spoofed_xff_cannot_dodge_a_per_ip_limit() {
     for n in 0..50u8 {
         // A direct client forging XFF: ignored, its own address counts.
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", format!("198.51.100.{n}").parse().unwrap());
+        headers.insert(
+            "x-forwarded-for",
+            format!("198.51.100.{n}").parse().unwrap(),
+        );
         let ip = limits.client_ip(attacker, &headers);
         if limits.check(&ctx(None, ip.octets4())).await.is_ok() {
             admitted += 1;
@@ -315,7 +371,10 @@ async fn key_flood_folds_into_bounded_overflow_buckets() {
     let bound = 10 + local::CAP_CHECK_EVERY as usize + local::FOLD_BUCKETS as usize;
     assert!(tracked <= bound, "{tracked} keys tracked, bound {bound}");
     assert!(limits.inner.rules[0].local.is_folded());
-    assert!(admitted < 5000, "folded keys share buckets, so the flood is limited");
+    assert!(
+        admitted < 5000,
+        "folded keys share buckets, so the flood is limited"
+    );
     // governor forgets a bucket one interval after it is full again.
     time::advance(Duration::from_secs(121)).await;
     assert_eq!(limits.sweep(), 0, "full buckets are forgotten");
@@ -337,20 +396,59 @@ fn validation_names_the_key() {
             "[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 1 }\n[[rules]]\nname = \"a\"\nkey = \"global\"\nconcurrency = 1",
             "limits.rules[1].name: ",
         ),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"", "limits.rules[0]: "),
-        ("[[rules]]\nname = \"a b\"\nkey = \"global\"\nconcurrency = 1", "limits.rules[0].name: "),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 0 }", "limits.rules[0].rate.requests: "),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 1, per = \"0s\" }", "limits.rules[0].rate.per: "),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 1, burst = 0 }", "limits.rules[0].rate.burst: "),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 2000000000, per = \"1s\" }", "limits.rules[0].rate.requests: "),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"\nconcurrency = 0", "limits.rules[0].concurrency: "),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"\nquota = { requests = 0, window = \"day\" }", "limits.rules[0].quota.requests: "),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"\nshared = true\nconcurrency = 1", "limits.rules[0].shared: "),
-        ("[[rules]]\nname = \"a\"\nkey = \"global\"\nshared = true\nrate = { requests = 1 }", "limits.rules[0].shared: "),
-        ("trusted_proxies = [\"10.0.0.0/40\"]", "limits.trusted_proxies[0]: "),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"",
+            "limits.rules[0]: ",
+        ),
+        (
+            "[[rules]]\nname = \"a b\"\nkey = \"global\"\nconcurrency = 1",
+            "limits.rules[0].name: ",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 0 }",
+            "limits.rules[0].rate.requests: ",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 1, per = \"0s\" }",
+            "limits.rules[0].rate.per: ",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 1, burst = 0 }",
+            "limits.rules[0].rate.burst: ",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"\nrate = { requests = 2000000000, per = \"1s\" }",
+            "limits.rules[0].rate.requests: ",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"\nconcurrency = 0",
+            "limits.rules[0].concurrency: ",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"\nquota = { requests = 0, window = \"day\" }",
+            "limits.rules[0].quota.requests: ",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"\nshared = true\nconcurrency = 1",
+            "limits.rules[0].shared: ",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nkey = \"global\"\nshared = true\nrate = { requests = 1 }",
+            "limits.rules[0].shared: ",
+        ),
+        (
+            "trusted_proxies = [\"10.0.0.0/40\"]",
+            "limits.trusted_proxies[0]: ",
+        ),
         ("[redis]\nurl = \"http://x\"", "limits.redis.url: "),
-        ("[redis]\nurl = \"redis://127.0.0.1\"\ntimeout = \"0s\"", "limits.redis.timeout: "),
-        ("[redis]\nurl = \"redis://127.0.0.1\"\nexpected_instances = 0", "limits.redis.expected_instances: "),
+        (
+            "[redis]\nurl = \"redis://127.0.0.1\"\ntimeout = \"0s\"",
+            "limits.redis.timeout: ",
+        ),
+        (
+            "[redis]\nurl = \"redis://127.0.0.1\"\nexpected_instances = 0",
+            "limits.redis.expected_instances: ",
+        ),
     ];
     for (src, want) in cases {
         let config: LimitsConfig = toml::from_str(src).unwrap_or_else(|e| panic!("{src}: {e}"));

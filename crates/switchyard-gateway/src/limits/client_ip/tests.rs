@@ -25,7 +25,11 @@ fn trusted(nets: &[&str]) -> TrustedProxies {
 
 #[test]
 fn without_trusted_proxies_xff_is_ignored() {
-    let got = client_ip(peer("203.0.113.9"), &xff(&["1.2.3.4"]), &TrustedProxies::none());
+    let got = client_ip(
+        peer("203.0.113.9"),
+        &xff(&["1.2.3.4"]),
+        &TrustedProxies::none(),
+    );
     assert_eq!(got, ip("203.0.113.9"));
 }
 
@@ -56,7 +60,11 @@ fn entries_with_ports_brackets_and_ipv6_parse() {
         (" 2001:db8::3 ", "2001:db8::3"),
         ("::ffff:198.51.100.8", "198.51.100.8"),
     ] {
-        assert_eq!(client_ip(peer("::1"), &xff(&[value]), &t), ip(want), "{value}");
+        assert_eq!(
+            client_ip(peer("::1"), &xff(&[value]), &t),
+            ip(want),
+            "{value}"
+        );
     }
 }
 
@@ -65,7 +73,11 @@ fn garbage_stops_the_walk_at_the_last_trusted_hop() {
     let t = trusted(&["10.0.0.0/8"]);
     let headers = xff(&["198.51.100.7, not-an-ip, 10.0.0.2"]);
     let got = client_ip(peer("10.0.0.1"), &headers, &t);
-    assert_eq!(got, ip("10.0.0.2"), "never skips past garbage to a client-written entry");
+    assert_eq!(
+        got,
+        ip("10.0.0.2"),
+        "never skips past garbage to a client-written entry"
+    );
 }
 
 #[test]
@@ -78,7 +90,10 @@ fn all_trusted_gives_the_leftmost_entry() {
 #[test]
 fn no_xff_from_a_trusted_peer_is_the_peer() {
     let t = trusted(&["10.0.0.0/8"]);
-    assert_eq!(client_ip(peer("10.0.0.1"), &HeaderMap::new(), &t), ip("10.0.0.1"));
+    assert_eq!(
+        client_ip(peer("10.0.0.1"), &HeaderMap::new(), &t),
+        ip("10.0.0.1")
+    );
 }
 
 #[test]
