@@ -4,7 +4,8 @@
 //!
 //! Memory bound: each rule tracks at most `max_keys` keys per limiter. A
 //! sweep (every [`SWEEP_INTERVAL`], run off the request path) forgets idle
-//! keys: rate buckets that are full again, quota counters of past windows,
+//! keys: rate buckets full again for at least one emission interval, quota
+//! counters of past windows,
 //! concurrency counters with nothing in flight. If a rule still tracks
 //! `max_keys` keys after a sweep, or a check finds it over the cap (looked
 //! at every [`CAP_CHECK_EVERY`] checks), the rule *folds*: until a sweep
