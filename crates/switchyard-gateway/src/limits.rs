@@ -597,7 +597,7 @@ impl CallLimits {
     }
 
     /// Forgets idle keys of every rule now (checks also do this every
-    /// [`SWEEP_INTERVAL`](local::SWEEP_INTERVAL), off the request path).
+    /// [`SWEEP_INTERVAL`], off the request path).
     /// Returns the most keys any rule still tracks.
     pub fn sweep(&self) -> usize {
         let now = self.inner.clock.unix_now();
