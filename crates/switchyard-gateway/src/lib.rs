@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod framing;
+pub mod limits;
 pub mod problem;
 pub mod proxy;
 mod registrar;

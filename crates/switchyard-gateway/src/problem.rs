@@ -275,3 +275,27 @@ fn title_of(kind: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+// === call limits ===
+
+impl Problem {
+    /// The answer to a call refused by a call limit
+    /// ([`limits`](crate::limits)): 429 `rate-limited`, `quota-exceeded` or
+    /// `concurrency-limited` with `retry-after`, or 503 `limits-unavailable`
+    /// when a shared limit can't reach Redis in `fail_closed` mode. The
+    /// `RateLimit-Policy` and `RateLimit` fields are added by
+    /// [`LimitRejection::into_response`](crate::limits::LimitRejection::into_response).
+    pub fn call_limited(rejection: &crate::limits::LimitRejection) -> Self {
+        use crate::limits::LimitReason;
+        let title = match rejection.reason {
+            LimitReason::Rate => "Rate limited",
+            LimitReason::Quota => "Quota exceeded",
+            LimitReason::Concurrency => "Too many concurrent requests",
+            _ => "Call limits unavailable",
+        };
+        let mut problem = Self::new(rejection.status(), rejection.reason.kind(), title)
+            .detail(rejection.to_string());
+        problem.retry_after = Some(rejection.retry_after);
+        problem
+    }
+}

@@ -103,7 +103,7 @@ use std::{
 use governor::{
     Quota,
     clock::{Clock, Reference},
-    middleware::NoOpMiddleware,
+    middleware::StateInformationMiddleware,
     nanos::Nanos,
     state::{InMemoryState, NotKeyed, keyed::DashMapStateStore},
 };
@@ -270,10 +270,12 @@ impl Clock for TokioClock {
 
 // === impl RateLimiter ===
 
+// The state-information middleware costs a few arithmetic operations per
+// check and lets callers report the remaining burst (`RateLimit` headers).
 type DirectLimiter =
-    governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
+    governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
 type KeyedLimiter<K> =
-    governor::RateLimiter<K, DashMapStateStore<K>, TokioClock, NoOpMiddleware<TokioInstant>>;
+    governor::RateLimiter<K, DashMapStateStore<K>, TokioClock, StateInformationMiddleware>;
 
 enum Store<K: Hash + Eq + Clone> {
     Direct(DirectLimiter),
@@ -322,7 +324,10 @@ impl RateLimiter<()> {
     pub fn new(config: RateLimitConfig) -> Result<Self, String> {
         let quota = config.quota()?;
         Ok(Self::from_store(
-            Store::Direct(DirectLimiter::direct_with_clock(quota, TokioClock)),
+            Store::Direct(
+                governor::RateLimiter::direct_with_clock(quota, TokioClock)
+                    .with_middleware::<StateInformationMiddleware>(),
+            ),
             &config,
         ))
     }
@@ -334,7 +339,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn keyed(config: RateLimitConfig) -> Result<Self, String> {
         let quota = config.quota()?;
         Ok(Self::from_store(
-            Store::Keyed(KeyedLimiter::dashmap_with_clock(quota, TokioClock)),
+            Store::Keyed(
+                governor::RateLimiter::dashmap_with_clock(quota, TokioClock)
+                    .with_middleware::<StateInformationMiddleware>(),
+            ),
             &config,
         ))
     }
@@ -352,11 +360,20 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// Takes a permit for `key` (ignored by an unkeyed limiter); without one,
     /// says how long until the next permit (for `Retry-After`).
     pub fn check(&self, key: &K) -> Result<(), Duration> {
+        self.check_remaining(key).map(|_| ())
+    }
+
+    /// Like [`check`](Self::check), and on success says how many more
+    /// permits `key` could take right now (the remaining burst), for
+    /// clients that advertise their limits.
+    pub fn check_remaining(&self, key: &K) -> Result<u32, Duration> {
         let result = match &self.inner.store {
             Store::Direct(limiter) => limiter.check(),
             Store::Keyed(limiter) => limiter.check_key(key),
         };
-        result.map_err(|not_until| not_until.wait_time_from(TokioClock.now()))
+        result
+            .map(|snapshot| snapshot.remaining_burst_capacity())
+            .map_err(|not_until| not_until.wait_time_from(TokioClock.now()))
     }
 
     /// Drops the buckets of keys that are full again (idle long enough that

@@ -397,3 +397,19 @@ fn config_defaults_parse_and_validate() {
     );
     assert!(RateLimiter::new(RateLimitConfig { rate: 0, ..config }).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn check_remaining_counts_down_the_burst_and_refills() {
+    let limiter = RateLimiter::<&str>::keyed(config(10, 3)).unwrap();
+    assert_eq!(limiter.check_remaining(&"a"), Ok(2));
+    assert_eq!(limiter.check_remaining(&"a"), Ok(1));
+    assert_eq!(limiter.check_remaining(&"a"), Ok(0));
+    assert_eq!(limiter.check_remaining(&"a"), Err(100 * MS));
+    assert_eq!(limiter.check_remaining(&"b"), Ok(2), "keys never share");
+    time::advance(300 * MS).await;
+    assert_eq!(
+        limiter.check_remaining(&"a"),
+        Ok(2),
+        "refilled after 3 intervals"
+    );
+}
