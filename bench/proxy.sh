@@ -1,0 +1,414 @@
+#!/usr/bin/env bash
+# bench/proxy.sh — Switchyard as an HTTP/1.1 reverse proxy, compared in one run
+# against a direct connection to the backend, HAProxy and nginx.
+#
+#   bench/proxy.sh                 default run (a few minutes)
+#   bench/proxy.sh --quick         smoke run (about a minute)
+#   bench/proxy.sh --no-policies   also measure Switchyard with retry, breaker
+#                                  and outlier ejection off (an extra data point)
+#
+# What it does, all on 127.0.0.1 (loopback only, every loop bounded):
+#   backend   nginx, worker_processes 1, `return 200 "ok\n"` — every target
+#             below reaches this same backend
+#   direct    the load generator talks to the backend itself (the baseline)
+#   haproxy   nbthread 1, mode http, keep-alive to the backend, http-reuse always
+#   nginx     worker_processes 1, upstream keepalive 64, proxy_http_version 1.1
+#   switchyard  target/release/switchyard with TOKIO_WORKER_THREADS=1, one
+#             listener, one service, one route `/{*rest}`; default policies
+#             (timeout, retry with budget, breaker, P2C balancer, outlier
+#             ejection) stay on
+#
+# Metrics:
+#   throughput  wrk, fixed connections and duration, ROUNDS rounds in rotating
+#               order → requests/s (median of the rounds), and the CPU time
+#               the target's own processes used per request
+#   latency     oha in open-loop constant-rate mode (-q RATE) with
+#               --latency-correction (coordinated omission corrected) →
+#               p50/p99/p99.9 at RATE requests/s (median of the rounds)
+#   memory      RSS of each proxy idle at start, then with IDLE_CONNS idle
+#               keep-alive client connections open → bytes per idle connection
+#
+# Knobs (environment): WORKERS (threads/processes per proxy, 1), CONNS (wrk
+# connections, 32), WRK_THREADS (1), RATE (fixed request rate, 5000),
+# OHA_CONNS (32), IDLE_CONNS (10000), ROUNDS, DURATION, LAT_ROUNDS,
+# LAT_DURATION (seconds), SWITCHYARD_BIN (skip the cargo build), KEEP_TMP=1.
+#
+# Installs what it needs when missing: `apt-get install haproxy nginx-light
+# wrk` and `cargo install --locked --root bench/.tools oha`. If oha cannot be
+# installed, latency falls back to wrk's closed-loop percentiles (NOT
+# corrected for coordinated omission) and the summary says so.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+
+QUICK=0
+NO_POLICIES=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        --no-policies) NO_POLICIES=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "proxy.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+WORKERS=${WORKERS:-1}
+CONNS=${CONNS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+RATE=${RATE:-5000}
+OHA_CONNS=${OHA_CONNS:-32}
+if [ "$QUICK" = 1 ]; then
+    ROUNDS=${ROUNDS:-1}; DURATION=${DURATION:-3}
+    LAT_ROUNDS=${LAT_ROUNDS:-1}; LAT_DURATION=${LAT_DURATION:-3}
+    WARMUP=${WARMUP:-1}; IDLE_CONNS=${IDLE_CONNS:-2000}
+else
+    ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10}
+    LAT_ROUNDS=${LAT_ROUNDS:-2}; LAT_DURATION=${LAT_DURATION:-10}
+    WARMUP=${WARMUP:-2}; IDLE_CONNS=${IDLE_CONNS:-10000}
+fi
+
+log() { printf '[proxy.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    log "installing ${need_apt[*]} (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+command -v python3 >/dev/null || die "python3 is needed (idle-connection client, summary)"
+
+OHA=""
+if command -v oha >/dev/null; then
+    OHA=$(command -v oha)
+elif [ -x "$HERE/.tools/bin/oha" ]; then
+    OHA="$HERE/.tools/bin/oha"
+else
+    log "installing oha into bench/.tools (cargo install --locked; a few minutes, once)"
+    if cargo install --quiet --locked --root "$HERE/.tools" oha >&2; then
+        OHA="$HERE/.tools/bin/oha"
+    else
+        log "oha could not be installed: latency falls back to wrk (closed loop, no coordinated-omission correction)"
+    fi
+fi
+
+if [ -n "${SWITCHYARD_BIN:-}" ]; then
+    SY=$SWITCHYARD_BIN
+else
+    log "building switchyard (cargo build --release -p switchyard)"
+    (cd "$ROOT" && cargo build --quiet --release -p switchyard) || die "switchyard build failed"
+    SY="$ROOT/target/release/switchyard"
+fi
+[ -x "$SY" ] || die "no switchyard binary at $SY"
+
+# ---------------------------------------------------------------- setup
+# Every proxy and the Python client need room for IDLE_CONNS sockets.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FDS=$(ulimit -n)
+
+TMP=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
+RES="$TMP/results"
+mkdir -p "$RES/tput" "$RES/lat" "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs"
+PIDS=()
+cleanup() {
+    local pid i
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for i in $(seq 1 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Free ports, all picked at once so none repeats.
+read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(7)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+
+MAXCONN=$((IDLE_CONNS + 500))
+
+cat >"$TMP/nginx-backend.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx-backend.pid;
+error_log $TMP/nginx-backend/logs/error.log warn;
+worker_rlimit_nofile $FDS;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $TMP/nginx-backend/body;
+    proxy_temp_path $TMP/nginx-backend/proxy;
+    server {
+        listen 127.0.0.1:$P_BACKEND backlog=4096;
+        location / { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+
+cat >"$TMP/nginx-proxy.conf" <<EOF
+worker_processes $WORKERS;
+daemon off;
+pid $TMP/nginx-proxy.pid;
+error_log $TMP/nginx-proxy/logs/error.log warn;
+worker_rlimit_nofile $FDS;
+events { worker_connections $MAXCONN; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $TMP/nginx-proxy/body;
+    proxy_temp_path $TMP/nginx-proxy/proxy;
+    upstream backend {
+        server 127.0.0.1:$P_BACKEND;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn $MAXCONN
+    # HAProxy reserves two descriptors per connection; the hard limit here
+    # (20000) is below that for 10k connections, and idle client connections
+    # hold only one, so warn instead of refusing to start.
+    no strict-limits
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 120s
+    timeout server 10s
+    timeout http-request 10s
+    timeout http-keep-alive 120s
+frontend fe
+    bind 127.0.0.1:$P_HAPROXY
+    default_backend be
+backend be
+    server backend 127.0.0.1:$P_BACKEND
+EOF
+
+# Switchyard: defaults everywhere except where it listens and how many
+# client connections it accepts (raised so IDLE_CONNS fit).
+sy_config() { # port admin_port extra_service_toml
+    cat <<EOF
+[admin]
+listen = "127.0.0.1:$2"
+
+[[listeners]]
+name = "bench"
+listen = "127.0.0.1:$1"
+max_connections = $MAXCONN
+
+[services.backend]
+endpoints = ["127.0.0.1:$P_BACKEND"]
+$3
+[[routes]]
+name = "all"
+path = "/{*rest}"
+service = "backend"
+EOF
+}
+sy_config "$P_SY" "$P_SY_ADMIN" "" >"$TMP/switchyard.toml"
+sy_config "$P_SYN" "$P_SYN_ADMIN" '
+[services.backend.outlier]
+consecutive_failures = 0
+success_rate_threshold = 0.0
+latency_factor = 0.0
+
+[services.backend.policy]
+retry = { max_attempts = 1 }
+breaker = { mode = "disabled" }
+' >"$TMP/switchyard-nopol.toml"
+"$SY" config check "$TMP/switchyard.toml" >&2 || die "switchyard config rejected"
+if [ "$NO_POLICIES" = 1 ]; then
+    "$SY" config check "$TMP/switchyard-nopol.toml" >&2 || die "switchyard no-policies config rejected"
+fi
+
+wait_http() { # name port pid
+    local i
+    for i in $(seq 1 100); do
+        if curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$2/"; then return 0; fi
+        kill -0 "$3" 2>/dev/null || die "$1 exited at start (see above)"
+        sleep 0.1
+    done
+    die "$1 did not answer on 127.0.0.1:$2 within 10s"
+}
+
+cpu_ticks() { # pid → user+system CPU ticks of the process and its direct children
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+rss_kb() { # pid → RSS of the process and its direct children, in KiB
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+declare -A PORT PID
+log "starting backend (nginx) on :$P_BACKEND"
+nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
+PIDS+=($!); PID[direct]=$!; PORT[direct]=$P_BACKEND
+wait_http backend "$P_BACKEND" "${PID[direct]}"
+
+log "starting haproxy (nbthread $WORKERS) on :$P_HAPROXY"
+haproxy -db -f "$TMP/haproxy.cfg" &
+PIDS+=($!); PID[haproxy]=$!; PORT[haproxy]=$P_HAPROXY
+
+log "starting nginx proxy (worker_processes $WORKERS) on :$P_NGINX"
+nginx -p "$TMP/nginx-proxy" -c "$TMP/nginx-proxy.conf" -e stderr &
+PIDS+=($!); PID[nginx]=$!; PORT[nginx]=$P_NGINX
+
+log "starting switchyard (TOKIO_WORKER_THREADS=$WORKERS) on :$P_SY"
+TOKIO_WORKER_THREADS=$WORKERS "$SY" serve -c "$TMP/switchyard.toml" 2>"$TMP/switchyard.log" &
+PIDS+=($!); PID[switchyard]=$!; PORT[switchyard]=$P_SY
+
+TARGETS=(direct haproxy nginx switchyard)
+PROXIES=(haproxy nginx switchyard)
+if [ "$NO_POLICIES" = 1 ]; then
+    log "starting switchyard without retry/breaker/outlier on :$P_SYN"
+    TOKIO_WORKER_THREADS=$WORKERS "$SY" serve -c "$TMP/switchyard-nopol.toml" 2>"$TMP/switchyard-nopol.log" &
+    PIDS+=($!); PID[switchyard-nopol]=$!; PORT[switchyard-nopol]=$P_SYN
+    TARGETS+=(switchyard-nopol)
+    PROXIES+=(switchyard-nopol)
+fi
+for t in "${PROXIES[@]}"; do wait_http "$t" "${PORT[$t]}" "${PID[$t]}"; done
+
+# Check the worker count really is what we asked for.
+SY_THREADS=$(ls "/proc/${PID[switchyard]}/task" | wc -l)
+NGINX_WORKERS=$(pgrep -P "${PID[nginx]}" | wc -l)
+HAPROXY_THREADS=$(ls "/proc/${PID[haproxy]}/task" | wc -l)
+log "threads: switchyard process $SY_THREADS (tokio workers $WORKERS + main + blocking pool), haproxy $HAPROXY_THREADS, nginx workers $NGINX_WORKERS"
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+awk -v l="${LOAD_START%% *}" 'BEGIN { exit !(l < 0.5) }' || log "note: load average is $LOAD_START before the run: other work on this machine will add noise"
+
+# Idle RSS, before any load.
+declare -A RSS_START
+for t in "${PROXIES[@]}"; do RSS_START[$t]=$(rss_kb "${PID[$t]}"); done
+
+# ---------------------------------------------------------------- throughput
+rotate() { # round → targets in a rotated order
+    local n=${#TARGETS[@]} i
+    for i in $(seq 0 $((n - 1))); do echo "${TARGETS[$(((i + $1) % n))]}"; done
+}
+
+log "warm-up: ${WARMUP}s of wrk per target"
+for t in "${TARGETS[@]}"; do
+    wrk -t "$WRK_THREADS" -c "$CONNS" -d "${WARMUP}s" "http://127.0.0.1:${PORT[$t]}/" >/dev/null
+done
+
+for r in $(seq 1 "$ROUNDS"); do
+    for t in $(rotate "$r"); do
+        log "throughput round $r/$ROUNDS: $t (wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s)"
+        c0=$(cpu_ticks "${PID[$t]}")
+        wrk -t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --latency \
+            "http://127.0.0.1:${PORT[$t]}/" >"$RES/tput/$t.$r.txt"
+        echo $(($(cpu_ticks "${PID[$t]}") - c0)) >"$RES/tput/$t.$r.cpu"
+        grep -E 'Requests/sec' "$RES/tput/$t.$r.txt" >&2 || true
+    done
+done
+
+# ---------------------------------------------------------------- latency
+LAT_TOOL=oha
+[ -n "$OHA" ] || LAT_TOOL=wrk
+oha_json_flag="--json"
+if [ -n "$OHA" ] && "$OHA" --help 2>/dev/null | grep -q -- '--output-format'; then
+    oha_json_flag="--output-format json"
+fi
+for r in $(seq 1 "$LAT_ROUNDS"); do
+    for t in $(rotate "$r"); do
+        if [ "$LAT_TOOL" = oha ]; then
+            log "latency round $r/$LAT_ROUNDS: $t (oha -q $RATE -c $OHA_CONNS -z ${LAT_DURATION}s --latency-correction)"
+            # shellcheck disable=SC2086
+            "$OHA" -q "$RATE" -c "$OHA_CONNS" -z "${LAT_DURATION}s" --latency-correction \
+                --no-tui $oha_json_flag "http://127.0.0.1:${PORT[$t]}/" >"$RES/lat/$t.$r.json"
+        else
+            log "latency round $r/$LAT_ROUNDS: $t (wrk fallback, closed loop, -c $OHA_CONNS)"
+            wrk -t 1 -c "$OHA_CONNS" -d "${LAT_DURATION}s" --latency \
+                "http://127.0.0.1:${PORT[$t]}/" >"$RES/lat/$t.$r.txt"
+        fi
+    done
+done
+
+# ---------------------------------------------------------------- memory
+printf 'target\trss_start_kb\trss_before_kb\trss_with_kb\tok\topen\n' >"$RES/mem.tsv"
+for t in "${PROXIES[@]}"; do
+    log "memory: $IDLE_CONNS idle keep-alive connections to $t"
+    sleep 1
+    before=$(rss_kb "${PID[$t]}")
+    coproc IDLE { exec python3 "$HERE/idle_conns.py" "${PORT[$t]}" "$IDLE_CONNS" 180; }
+    line=""
+    read -r -t 150 line <&"${IDLE[0]}" || true
+    sleep 2
+    with=$(rss_kb "${PID[$t]}")
+    fdw=${IDLE[1]}
+    exec {fdw}>&-   # closing its stdin makes the client close its sockets and exit
+    wait "$IDLE_PID" 2>/dev/null || true
+    ok=$(sed -n 's/.*ok=\([0-9]*\).*/\1/p' <<<"$line"); open=$(sed -n 's/.*open=\([0-9]*\).*/\1/p' <<<"$line")
+    log "  $line; RSS ${before} KiB → ${with} KiB"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${RSS_START[$t]}" "$before" "$with" "${ok:-0}" "${open:-0}" >>"$RES/mem.tsv"
+    sleep 1
+done
+
+# ---------------------------------------------------------------- summary
+for t in "${TARGETS[@]}"; do kill -0 "${PID[$t]}" 2>/dev/null || die "$t died during the run"; done
+cat >"$RES/meta.env" <<EOF
+load_start=$LOAD_START
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+clk_tck=$(getconf CLK_TCK)
+mode=$([ "$QUICK" = 1 ] && echo quick || echo default)
+workers=$WORKERS
+conns=$CONNS
+wrk_threads=$WRK_THREADS
+rounds=$ROUNDS
+duration=$DURATION
+rate=$RATE
+oha_conns=$OHA_CONNS
+lat_rounds=$LAT_ROUNDS
+lat_duration=$LAT_DURATION
+lat_tool=$LAT_TOOL
+idle_conns=$IDLE_CONNS
+targets=${TARGETS[*]}
+date=$(date -u +%Y-%m-%dT%H:%MZ)
+cpus=$(nproc)
+haproxy=$(haproxy -v | head -1 | awk '{print $3}')
+nginx=$(nginx -v 2>&1 | sed 's|.*nginx/||')
+wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')
+oha=$([ -n "$OHA" ] && "$OHA" --version | awk '{print $2}' || echo none)
+switchyard=$("$SY" --version | awk '{print $2}')
+EOF
+python3 "$HERE/summarize.py" "$RES"
