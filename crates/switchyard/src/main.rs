@@ -10,6 +10,7 @@
 //! to stderr (`RUST_LOG` filters them), data to stdout.
 
 mod demo;
+mod registry;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -53,6 +54,18 @@ enum Command {
         /// Requests per second sent to the gateway.
         #[arg(long, default_value_t = 100)]
         rate: u32,
+    },
+    /// Look at and change a service registry (the embedded one of a running
+    /// `switchyard serve`, served on its admin listener).
+    Registry {
+        /// The registry's URL (a Switchyard admin listener).
+        #[arg(long, env = "SWITCHYARD_REGISTRY", global = true)]
+        url: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
     },
     /// Create a development CA and certificates (for local TLS and mutual TLS).
     Cert {
@@ -131,6 +144,18 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => serve(config),
         Command::Cert { command } => cert(command),
+        Command::Registry { url, json, command } => {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(registry::run(url, json, command)),
+                Err(err) => {
+                    eprintln!("switchyard: cannot start the async runtime: {err}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Demo { duration, rate } => demo(demo::DemoOptions { duration, rate }),
     }
 }
