@@ -167,11 +167,11 @@ impl ComposeResponse {
         let mut res = Response::new(self.body);
         *res.status_mut() = self.status;
         *res.headers_mut() = self.headers;
-        if !self.degraded.is_empty() {
-            if let Ok(v) = HeaderValue::try_from(self.degraded.join(", ")) {
-                res.headers_mut()
-                    .insert(HeaderName::from_static(DEGRADED_HEADER), v);
-            }
+        if !self.degraded.is_empty()
+            && let Ok(v) = HeaderValue::try_from(self.degraded.join(", "))
+        {
+            res.headers_mut()
+                .insert(HeaderName::from_static(DEGRADED_HEADER), v);
         }
         res
     }
@@ -410,15 +410,16 @@ impl Run<'_> {
         }
         let uri = Uri::try_from(uri)
             .map_err(|e| CallError::new(KIND_TEMPLATE, format!("rendered path: {e}")))?;
-        let body = match &call.body {
-            Some(t) => {
-                let value = t.render(&scope).unwrap_or(Value::Null);
-                Bytes::from(serde_json::to_vec(&value).map_err(|e| {
-                    CallError::new(KIND_TEMPLATE, format!("rendered body: {e}"))
-                })?)
-            }
-            None => Bytes::new(),
-        };
+        let body =
+            match &call.body {
+                Some(t) => {
+                    let value = t.render(&scope).unwrap_or(Value::Null);
+                    Bytes::from(serde_json::to_vec(&value).map_err(|e| {
+                        CallError::new(KIND_TEMPLATE, format!("rendered body: {e}"))
+                    })?)
+                }
+                None => Bytes::new(),
+            };
         let mut req = Request::new(body);
         *req.method_mut() = call.method.clone();
         *req.uri_mut() = uri;
@@ -563,7 +564,10 @@ impl Run<'_> {
                 headers.insert(header::CONTENT_TYPE, json_content_type());
                 (*status, headers, Bytes::from(value.to_string()), extra)
             }
-            CompiledResponse::PassThrough { call, headers: extra } => {
+            CompiledResponse::PassThrough {
+                call,
+                headers: extra,
+            } => {
                 let Some(result) = &self.results[*call] else {
                     return Err(ComposeError {
                         call: self.plan.calls[*call].name.clone(),

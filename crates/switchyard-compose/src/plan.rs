@@ -143,15 +143,19 @@ impl ComposePlan {
                 if qname.is_empty() {
                     errors.push(format!("{key}.query: a parameter name is empty"));
                 }
-                if let Some(t) =
-                    str_template(value, &format!("{key}.query.{qname}"), &resolve, &mut errors)
-                {
+                if let Some(t) = str_template(
+                    value,
+                    &format!("{key}.query.{qname}"),
+                    &resolve,
+                    &mut errors,
+                ) {
                     let mut encoded = String::new();
                     crate::template::percent_encode_into(&mut encoded, qname);
                     query.push((encoded, t));
                 }
             }
-            let headers = header_templates(&c.headers, &format!("{key}.headers"), &resolve, &mut errors);
+            let headers =
+                header_templates(&c.headers, &format!("{key}.headers"), &resolve, &mut errors);
             let body = c
                 .body
                 .as_ref()
@@ -166,8 +170,12 @@ impl ComposePlan {
             if let Some(p) = &path {
                 p.exprs().for_each(&mut note);
             }
-            query.iter().for_each(|(_, t)| t.exprs().for_each(&mut note));
-            headers.iter().for_each(|(_, t)| t.exprs().for_each(&mut note));
+            query
+                .iter()
+                .for_each(|(_, t)| t.exprs().for_each(&mut note));
+            headers
+                .iter()
+                .for_each(|(_, t)| t.exprs().for_each(&mut note));
             if let Some(b) = &body {
                 b.visit(&mut note);
             }
@@ -194,9 +202,7 @@ impl ComposePlan {
                 ))),
                 Some(Fallback::Call(other)) => match resolve(other) {
                     Some(x) if x == i => {
-                        errors.push(format!(
-                            "{key}.fallback: a call can't be its own fallback"
-                        ));
+                        errors.push(format!("{key}.fallback: a call can't be its own fallback"));
                         None
                     }
                     Some(x) => Some(CompiledFallback::Call(x)),
@@ -257,12 +263,16 @@ impl ComposePlan {
         let mut pass_through = None;
         if let Some(p) = &r.pass_through {
             if r.body.is_some() || r.status.is_some() {
-                errors.push("response.pass_through: can't be combined with body or status; remove one".to_owned());
+                errors.push(
+                    "response.pass_through: can't be combined with body or status; remove one"
+                        .to_owned(),
+                );
             }
             match resolve(p) {
                 Some(x) => {
                     let c = &config.calls[p];
-                    let stands_in = matches!(c.fallback, Some(Fallback::Value(_) | Fallback::Call(_)));
+                    let stands_in =
+                        matches!(c.fallback, Some(Fallback::Value(_) | Fallback::Call(_)));
                     if !c.required && !stands_in {
                         errors.push(format!(
                             "response.pass_through: call {p:?} may have no result (required = false without a value or call fallback); make it required or give it a fallback"
@@ -345,16 +355,20 @@ impl ComposePlan {
             if let Some(b) = e.body_of() {
                 body_read[b] = true;
             }
-            if let Some(p) = e.param() {
-                if !params.iter().any(|q: &String| q == p) {
-                    params.push(p.to_owned());
-                }
+            if let Some(p) = e.param()
+                && !params.iter().any(|q: &String| q == p)
+            {
+                params.push(p.to_owned());
             }
         };
         for c in &calls {
             c.path.exprs().for_each(&mut see);
-            c.query.iter().for_each(|(_, t)| t.exprs().for_each(&mut see));
-            c.headers.iter().for_each(|(_, t)| t.exprs().for_each(&mut see));
+            c.query
+                .iter()
+                .for_each(|(_, t)| t.exprs().for_each(&mut see));
+            c.headers
+                .iter()
+                .for_each(|(_, t)| t.exprs().for_each(&mut see));
             if let Some(b) = &c.body {
                 b.visit(&mut see);
             }
@@ -362,10 +376,14 @@ impl ComposePlan {
         match &response {
             CompiledResponse::Body { body, headers, .. } => {
                 body.visit(&mut see);
-                headers.iter().for_each(|(_, t)| t.exprs().for_each(&mut see));
+                headers
+                    .iter()
+                    .for_each(|(_, t)| t.exprs().for_each(&mut see));
             }
             CompiledResponse::PassThrough { headers, .. } => {
-                headers.iter().for_each(|(_, t)| t.exprs().for_each(&mut see));
+                headers
+                    .iter()
+                    .for_each(|(_, t)| t.exprs().for_each(&mut see));
             }
         }
         let mut dependents = vec![Vec::new(); n];

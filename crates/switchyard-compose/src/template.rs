@@ -427,7 +427,9 @@ fn parse_expr(
             "body" => Ok(Expr::RequestBody(path())),
             other => Err(err(
                 *pos,
-                format!("unknown field {other:?} of request; expected params, query, headers or body"),
+                format!(
+                    "unknown field {other:?} of request; expected params, query, headers or body"
+                ),
             )),
         };
     }
@@ -531,7 +533,7 @@ impl JsonTemplate {
         match self {
             JsonTemplate::Literal(_) => {}
             JsonTemplate::Expr(e) => f(e),
-            JsonTemplate::Str(t) => t.exprs().for_each(|e| f(e)),
+            JsonTemplate::Str(t) => t.exprs().for_each(&mut *f),
             JsonTemplate::Array(items) => items.iter().for_each(|t| t.visit(f)),
             JsonTemplate::Object(members) => members.iter().for_each(|(_, t)| t.visit(f)),
         }
@@ -548,9 +550,9 @@ impl JsonTemplate {
                 Found::Status(s) => Value::from(s),
             }),
             JsonTemplate::Str(t) => Some(Value::String(t.render(scope))),
-            JsonTemplate::Array(items) => {
-                Some(Value::Array(items.iter().filter_map(|t| t.render(scope)).collect()))
-            }
+            JsonTemplate::Array(items) => Some(Value::Array(
+                items.iter().filter_map(|t| t.render(scope)).collect(),
+            )),
             JsonTemplate::Object(members) => {
                 let mut map = Map::new();
                 for (k, t) in members.iter() {

@@ -53,7 +53,11 @@ async fn independent_calls_run_concurrently() {
     ]);
     let start = Instant::now();
     let res = plan.execute(request(), &fake).await.unwrap();
-    assert_eq!(Instant::now() - start, MS(100), "three 100ms calls, not 300ms");
+    assert_eq!(
+        Instant::now() - start,
+        MS(100),
+        "three 100ms calls, not 300ms"
+    );
     assert_eq!(body(&res), json!({ "a": 1, "b": 2, "c": 3 }));
     assert!(res.degraded.is_empty());
     for s in ["a", "b", "c"] {
@@ -87,7 +91,10 @@ async fn a_chain_runs_in_order_with_requests_built_from_results() {
     let fake = Fake::new([
         (
             "a",
-            Behaviour::ok(10, json!({ "user": { "id": 42, "name": "Ann Lee", "tier": "gold" }, "tags": ["x"] })),
+            Behaviour::ok(
+                10,
+                json!({ "user": { "id": 42, "name": "Ann Lee", "tier": "gold" }, "tags": ["x"] }),
+            ),
         ),
         (
             "b",
@@ -104,18 +111,38 @@ async fn a_chain_runs_in_order_with_requests_built_from_results() {
     let res = plan.execute(request(), &fake).await.unwrap();
     assert_eq!(Instant::now() - start, MS(60));
 
-    let Some(Seen::Start { at, uri, body: b_body, .. }) = fake.start_of("b") else { panic!() };
+    let Some(Seen::Start {
+        at,
+        uri,
+        body: b_body,
+        ..
+    }) = fake.start_of("b")
+    else {
+        panic!()
+    };
     assert_eq!(at, MS(10), "b starts the moment a is done");
     assert_eq!(uri, "/orders/42?tier=gold");
-    assert_eq!(b_body, Some(json!({ "user": 42, "tags": ["x"], "note": "for Ann Lee" })));
-    let Some(Seen::Start { at, uri, .. }) = fake.start_of("c") else { panic!() };
+    assert_eq!(
+        b_body,
+        Some(json!({ "user": 42, "tags": ["x"], "note": "for Ann Lee" }))
+    );
+    let Some(Seen::Start { at, uri, .. }) = fake.start_of("c") else {
+        panic!()
+    };
     assert_eq!((at, uri.as_str()), (MS(30), "/ship/o-9"));
-    assert_eq!(fake.start_of("a").map(|s| matches!(s, Seen::Start { uri, .. } if uri == "/users/7")), Some(true));
+    assert_eq!(
+        fake.start_of("a")
+            .map(|s| matches!(s, Seen::Start { uri, .. } if uri == "/users/7")),
+        Some(true)
+    );
 
     assert_eq!(res.status, 201);
     assert_eq!(res.headers["x-order"], "o-9");
     assert_eq!(res.headers["content-type"], "application/json");
-    assert_eq!(body(&res), json!({ "order": "o-9", "shipped": true, "user_status": 200 }));
+    assert_eq!(
+        body(&res),
+        json!({ "order": "o-9", "shipped": true, "user_status": 200 })
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -149,7 +176,11 @@ async fn a_required_failure_ends_the_route_and_cancels_the_rest() {
     let mut cancelled = fake.cancelled();
     cancelled.sort();
     assert_eq!(cancelled, [("b".into(), MS(10)), ("c".into(), MS(10))]);
-    assert_eq!(fake.calls_to("d"), 0, "a dependent of a cancelled call is never sent");
+    assert_eq!(
+        fake.calls_to("d"),
+        0,
+        "a dependent of a cancelled call is never sent"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -164,7 +195,10 @@ async fn a_5xx_status_is_a_failure_and_a_4xx_is_a_result() {
         [response]
         body = { b = "{b.status}" }
         "#;
-    let fake = Fake::new([("a", Behaviour::status(5, 503)), ("b", Behaviour::status(5, 404))]);
+    let fake = Fake::new([
+        ("a", Behaviour::status(5, 503)),
+        ("b", Behaviour::status(5, 404)),
+    ]);
     let err = plan(src).execute(request(), &fake).await.unwrap_err();
     assert_eq!((err.call.as_str(), err.kind), ("a", "upstream-status"));
     assert_eq!(err.message, "`a` answered 503 Service Unavailable");
@@ -201,7 +235,11 @@ async fn an_optional_failure_degrades() {
     let res = plan.execute(request(), &fake).await.unwrap();
     assert_eq!(Instant::now() - start, MS(50));
     assert_eq!(res.degraded, ["reviews"]);
-    assert_eq!(body(&res), json!({ "name": "Lamp" }), "the omitted member is left out");
+    assert_eq!(
+        body(&res),
+        json!({ "name": "Lamp" }),
+        "the omitted member is left out"
+    );
     let http = res.into_http();
     assert_eq!(http.headers()[DEGRADED_HEADER], "reviews");
     assert_eq!(http.status(), 200);
@@ -246,11 +284,21 @@ async fn fallbacks_stand_in_for_failed_calls() {
     ]);
     let start = Instant::now();
     let res = plan.execute(request(), &fake).await.unwrap();
-    assert_eq!(Instant::now() - start, MS(25), "the stand-in starts when stock fails");
+    assert_eq!(
+        Instant::now() - start,
+        MS(25),
+        "the stand-in starts when stock fails"
+    );
     assert_eq!(body(&res), json!({ "price": 0, "stock": 3, "ads": ["ad"] }));
     assert_eq!(res.degraded, ["price", "reviews", "stock"]);
-    assert!(matches!(fake.start_of("cache"), Some(Seen::Start { at, uri, .. }) if at == MS(20) && uri == "/stock/7"));
-    assert_eq!(fake.calls_to("ads-cache"), 0, "a fallback-only call runs only when needed");
+    assert!(
+        matches!(fake.start_of("cache"), Some(Seen::Start { at, uri, .. }) if at == MS(20) && uri == "/stock/7")
+    );
+    assert_eq!(
+        fake.calls_to("ads-cache"),
+        0,
+        "a fallback-only call runs only when needed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -269,7 +317,11 @@ async fn a_failed_stand_in_counts_as_no_fallback() {
         ("cache", Behaviour::error(10, "bulkhead-full")),
     ]);
     let err = plan(src).execute(request(), &fake).await.unwrap_err();
-    assert_eq!((err.call.as_str(), err.kind), ("stock", "upstream"), "the call it stood in for is named");
+    assert_eq!(
+        (err.call.as_str(), err.kind),
+        ("stock", "upstream"),
+        "the call it stood in for is named"
+    );
 
     let optional = src.replace("fallback =", "required = false\nfallback =");
     let res = plan(&optional).execute(request(), &fake).await.unwrap();
@@ -297,8 +349,14 @@ async fn a_call_reading_an_omitted_call_is_not_sent() {
     );
     let fake = Fake::new([("profile", Behaviour::error(10, "upstream"))]);
     let err = plan.execute(request(), &fake).await.unwrap_err();
-    assert_eq!((err.call.as_str(), err.kind), ("recs", "dependency-omitted"));
-    assert_eq!(err.message, "reads call `profile`, which failed and has no result");
+    assert_eq!(
+        (err.call.as_str(), err.kind),
+        ("recs", "dependency-omitted")
+    );
+    assert_eq!(
+        err.message,
+        "reads call `profile`, which failed and has no result"
+    );
     assert_eq!(fake.calls_to("recs"), 0);
 }
 
@@ -338,11 +396,20 @@ async fn the_route_deadline_is_shared_along_a_chain() {
 
     // A service that ignores the deadline is cut off by the engine, and an
     // optional call still gets its fallback.
-    let lenient = src.replace("after = [\"b\"]", "after = [\"b\"]\nfallback = { value = \"late\" }");
+    let lenient = src.replace(
+        "after = [\"b\"]",
+        "after = [\"b\"]\nfallback = { value = \"late\" }",
+    );
     let f = Fake::new([
         ("a", Behaviour::ok(40, json!(1))),
         ("b", Behaviour::ok(40, json!(2))),
-        ("c", Behaviour { honor_deadline: false, ..Behaviour::ok(40, json!(3)) }),
+        (
+            "c",
+            Behaviour {
+                honor_deadline: false,
+                ..Behaviour::ok(40, json!(3))
+            },
+        ),
     ]);
     let start = Instant::now();
     let res = plan(&lenient).execute(request(), &f).await.unwrap();
@@ -364,7 +431,10 @@ async fn dropping_the_execution_cancels_every_call_in_flight() {
         path = "/b"
         "#,
     );
-    let fake = Fake::new([("a", Behaviour::ok(100, json!(1))), ("b", Behaviour::ok(100, json!(1)))]);
+    let fake = Fake::new([
+        ("a", Behaviour::ok(100, json!(1))),
+        ("b", Behaviour::ok(100, json!(1))),
+    ]);
     // The client goes away after 30ms: the gateway drops the future.
     let out = tokio::time::timeout(MS(30), plan.execute(request(), &fake)).await;
     assert!(out.is_err());
@@ -389,7 +459,10 @@ async fn pass_through_answers_with_one_calls_response() {
         headers = { x-auth = "{auth.status}" }
         "#,
     );
-    let fake = Fake::new([("auth", Behaviour::ok(1, json!({}))), ("pages", Behaviour::status(2, 404))]);
+    let fake = Fake::new([
+        ("auth", Behaviour::ok(1, json!({}))),
+        ("pages", Behaviour::status(2, 404)),
+    ]);
     let res = plan.execute(request(), &fake).await.unwrap();
     assert_eq!(res.status, 404);
     assert_eq!(res.headers["x-auth"], "200");
@@ -410,6 +483,8 @@ async fn compile_errors_are_public_and_precise() {
     let errs = ComposePlan::compile(&config, &|s: &str| s == "pricing").unwrap_err();
     assert_eq!(
         errs,
-        ["calls.pricing.path: position 9: unknown root \"requst\"; expected request or a call name"]
+        [
+            "calls.pricing.path: position 9: unknown root \"requst\"; expected request or a call name"
+        ]
     );
 }

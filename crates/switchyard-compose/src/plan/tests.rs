@@ -30,7 +30,10 @@ fn a_cycle_is_printed() {
         "#,
     );
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("calls: cycle: a -> b -> c -> a "), "{errs:?}");
+    assert!(
+        errs[0].starts_with("calls: cycle: a -> b -> c -> a "),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -48,7 +51,10 @@ fn self_reference_and_fallback_loops_are_cycles() {
         path = "/{a.body.id}"
         "#,
     );
-    assert!(errs[0].starts_with("calls: cycle: a -> b -> a "), "{errs:?}");
+    assert!(
+        errs[0].starts_with("calls: cycle: a -> b -> a "),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -92,7 +98,10 @@ fn every_problem_is_reported_with_its_key() {
         "response.pass_through: unknown call \"nope\"",
     ];
     for e in expected {
-        assert!(errs.iter().any(|x| x.starts_with(e)), "missing {e:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
     }
     assert_eq!(errs.len(), expected.len(), "{errs:#?}");
 }
@@ -109,7 +118,10 @@ fn pass_through_of_a_call_that_may_have_no_result_is_refused() {
         pass_through = "a"
         "#,
     );
-    assert!(errs[0].contains("make it required or give it a fallback"), "{errs:?}");
+    assert!(
+        errs[0].contains("make it required or give it a fallback"),
+        "{errs:?}"
+    );
 }
 
 #[test]

@@ -49,7 +49,10 @@ fn errors_name_the_position() {
     assert!(err("{a..b}").starts_with("position 3: empty name"));
     assert!(err("{a.body.x y}").starts_with("position 9: unexpected character ' '"));
     assert!(err("{request.params}").contains("expected a name after `request.params.`"));
-    assert!(err("{request.params.a.b}").starts_with("position 18: `request.params.NAME` takes one name"));
+    assert!(
+        err("{request.params.a.b}")
+            .starts_with("position 18: `request.params.NAME` takes one name")
+    );
     assert!(err("{a.status.x}").starts_with("position 10: `a.status` has no fields"));
     assert!(err("{a}").contains("expected status, headers or body after `a.`"));
 }
@@ -78,26 +81,43 @@ fn renders_request_and_results() {
         headers,
         body: Some(json!({ "items": [{ "sku": "X" }], "n": 3 })),
     };
-    let results = vec![None, result(201, json!({ "price": 9.5, "tags": ["a"], "ok": true, "none": null }))];
+    let results = vec![
+        None,
+        result(
+            201,
+            json!({ "price": 9.5, "tags": ["a"], "ok": true, "none": null }),
+        ),
+    ];
     let scope = Scope {
         request: &request,
         results: &results,
     };
     let render = |s: &str| parse(s).unwrap().render(&scope);
-    assert_eq!(render("{request.query.page}/{request.headers.X-User}"), "2/ann");
+    assert_eq!(
+        render("{request.query.page}/{request.headers.X-User}"),
+        "2/ann"
+    );
     assert_eq!(render("{request.body.items.0.sku}:{request.body.n}"), "X:3");
-    assert_eq!(render("{pricing.status} {pricing.headers.etag}"), "201 \"v1\"");
+    assert_eq!(
+        render("{pricing.status} {pricing.headers.etag}"),
+        "201 \"v1\""
+    );
     assert_eq!(
         render("{pricing.body.price}|{pricing.body.tags}|{pricing.body.ok}|{pricing.body.none}"),
         "9.5|[\"a\"]|true|"
     );
     // Missing values (an unknown field, a call without a result) render as nothing.
-    assert_eq!(render("[{request.body.nope}{a.body}{request.query.x}]"), "[]");
+    assert_eq!(
+        render("[{request.body.nope}{a.body}{request.query.x}]"),
+        "[]"
+    );
 
     let mut path = String::new();
-    parse("/items/{request.params.id}")
-        .unwrap()
-        .render_into(&scope, Escape::PathSegment, &mut path);
+    parse("/items/{request.params.id}").unwrap().render_into(
+        &scope,
+        Escape::PathSegment,
+        &mut path,
+    );
     assert_eq!(path, "/items/a%20b%2Fc", "values can't add path segments");
 }
 
@@ -136,7 +156,12 @@ fn json_templates_keep_types_and_drop_missing_members() {
         })
     );
     let mut errors = Vec::new();
-    JsonTemplate::parse(&json!({ "a": [1, "{nope.body}"] }), "calls.x.body", &resolve, &mut errors);
+    JsonTemplate::parse(
+        &json!({ "a": [1, "{nope.body}"] }),
+        "calls.x.body",
+        &resolve,
+        &mut errors,
+    );
     assert_eq!(
         errors,
         ["calls.x.body.a.1: position 1: unknown root \"nope\"; expected request or a call name"]

@@ -40,7 +40,10 @@ impl Behaviour {
         }
     }
 
-    pub fn with(delay_ms: u64, f: impl Fn(&Request<Bytes>) -> Value + Send + Sync + 'static) -> Self {
+    pub fn with(
+        delay_ms: u64,
+        f: impl Fn(&Request<Bytes>) -> Value + Send + Sync + 'static,
+    ) -> Self {
         Self {
             body: Arc::new(f),
             ..Self::ok(delay_ms, Value::Null)
@@ -73,8 +76,14 @@ pub enum Seen {
         /// Time left until the deadline it was given.
         left: Duration,
     },
-    End { service: String, at: Duration },
-    Cancelled { service: String, at: Duration },
+    End {
+        service: String,
+        at: Duration,
+    },
+    Cancelled {
+        service: String,
+        at: Duration,
+    },
 }
 
 pub struct Fake {
@@ -188,8 +197,10 @@ impl CallService for Fake {
         let body = (b.body)(&req);
         let mut res = Response::new(Bytes::from(body.to_string()));
         *res.status_mut() = StatusCode::from_u16(b.status).unwrap();
-        res.headers_mut()
-            .insert("content-type", http::HeaderValue::from_static("application/json"));
+        res.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
         Ok(res)
     }
 }
