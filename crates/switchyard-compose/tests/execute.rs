@@ -488,3 +488,13 @@ async fn compile_errors_are_public_and_precise() {
         ]
     );
 }
+
+#[test]
+fn an_execution_can_move_between_threads() {
+    fn assert_send<T: Send>(_: &T) {}
+    let plan = plan("[calls.a]\nservice = \"a\"\npath = \"/a\"\n");
+    let fake = Fake::new([("a", Behaviour::ok(1, json!(1)))]);
+    // The gateway runs it inside a hyper service future, which must be Send.
+    let execution = plan.execute(request(), &fake);
+    assert_send(&execution);
+}
