@@ -15,8 +15,10 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod framing;
+pub mod paths;
 pub mod problem;
 pub mod proxy;
 pub mod routes;
