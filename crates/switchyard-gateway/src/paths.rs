@@ -73,8 +73,8 @@ pub enum PathError {
     /// `%5C`: an encoded backslash.
     #[error("encoded backslash (%5C) in the path")]
     EncodedBackslash,
-    /// `%00`.
-    #[error("encoded NUL (%00) in the path")]
+    /// `%00`, or a raw NUL byte.
+    #[error("NUL (%00) in the path")]
     EncodedNul,
     /// A literal backslash.
     #[error("backslash in the path")]
@@ -185,6 +185,7 @@ fn decode_unreserved(raw: &[u8]) -> Result<String, PathError> {
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
+            0 => return Err(PathError::EncodedNul),
             b if b.is_ascii_graphic() => {
                 out.push(b as char);
                 i += 1;
