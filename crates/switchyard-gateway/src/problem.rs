@@ -129,8 +129,9 @@ pub struct Problem {
     instance: Option<String>,
     retry_after: Option<Duration>,
     close: bool,
-    /// The `WWW-Authenticate` challenge of a 401.
-    challenge: Option<String>,
+    /// The `WWW-Authenticate` challenge of a 401 (boxed: it keeps `Problem`
+    /// small enough to return by value in a `Result`).
+    challenge: Option<Box<str>>,
 }
 
 impl Problem {
@@ -294,7 +295,7 @@ impl Problem {
             "Unauthenticated",
         )
         .detail(detail);
-        p.challenge = Some(www_authenticate.into());
+        p.challenge = Some(www_authenticate.into().into_boxed_str());
         p
     }
 

@@ -115,13 +115,24 @@ async fn a_rotated_key_is_picked_up_and_the_old_one_dropped() {
     ))
     .unwrap();
     assert_eq!(authn.refresh_jwks().await.unwrap(), 1);
-    assert!(authn.authenticate(&token(RSA_PRIVATE, "one"), None).unwrap().is_some());
-    assert!(authn.authenticate(&token(RSA2_PRIVATE, "two"), None).is_err());
+    assert!(
+        authn
+            .authenticate(&token(RSA_PRIVATE, "one"), None)
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        authn
+            .authenticate(&token(RSA2_PRIVATE, "two"), None)
+            .is_err()
+    );
 
     tracing::info!("rotating the issuer's key");
     jwks.set(StatusCode::OK, jwk_set(&[(RSA2_PRIVATE, "two")]));
     eventually("the refresher picking up key two", || {
-        authn.authenticate(&token(RSA2_PRIVATE, "two"), None).is_ok()
+        authn
+            .authenticate(&token(RSA2_PRIVATE, "two"), None)
+            .is_ok()
     })
     .await;
     assert!(matches!(
@@ -150,7 +161,10 @@ async fn the_last_good_keys_stay_when_the_server_fails() {
         let err = authn.refresh_jwks().await.unwrap_err();
         tracing::info!(%err, "fetch failed as it should");
         assert!(
-            authn.authenticate(&token(RSA_PRIVATE, "one"), None).unwrap().is_some(),
+            authn
+                .authenticate(&token(RSA_PRIVATE, "one"), None)
+                .unwrap()
+                .is_some(),
             "keys kept after: {err}"
         );
     }

@@ -116,7 +116,7 @@ impl Rule {
     }
 
     fn matches(&self, id: &Identity) -> bool {
-        (self.identities.is_empty() || self.identities.iter().any(|i| *i == id.subject))
+        (self.identities.is_empty() || self.identities.contains(&id.subject))
             && self
                 .scopes
                 .iter()

@@ -102,7 +102,9 @@ pub fn parse_header(token: &str, allowed: &[JwtAlgorithm]) -> Result<TokenHeader
     // Serde reads a struct from a JSON array too (`["HS256"]`); a JOSE
     // header is an object.
     if !json.trim_ascii_start().starts_with(b"{") {
-        return Err(AuthError::Malformed("JWT header is not a JSON object".into()));
+        return Err(AuthError::Malformed(
+            "JWT header is not a JSON object".into(),
+        ));
     }
     let raw: RawHeader = serde_json::from_slice(&json).map_err(|_| {
         AuthError::Malformed("JWT header is not a JSON object with a string alg".into())
