@@ -59,6 +59,7 @@ fn encoded_slash_backslash_and_nul_are_refused() {
     err("/a%5C..%5Cadmin", PathError::EncodedBackslash);
     err("/admin%00.html", PathError::EncodedNul);
     err("/a\\b", PathError::Backslash);
+    err("/a\0b", PathError::EncodedNul);
 }
 
 #[test]
