@@ -50,25 +50,12 @@ pub(crate) fn router(shared: Arc<Shared>, token_sha256: Option<&str>) -> axum::R
         .route("/admin/services", get(services))
         .route("/admin/reload", post(reload))
         .with_state(shared);
-    match token_sha256.and_then(parse_sha256) {
+    match token_sha256.and_then(crate::auth::config::parse_sha256_hex) {
         Some(expected) => router.layer(axum::middleware::from_fn(move |req, next| {
             check_token(expected, req, next)
         })),
         None => router,
     }
-}
-
-/// The 32 bytes of a hex SHA-256, or `None` if `hex` isn't one.
-pub(crate) fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Lets a request through when its bearer token hashes to `expected`;
@@ -85,9 +72,9 @@ async fn check_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|token| Sha256::digest(token.trim().as_bytes()));
+        .map(|token| -> [u8; 32] { Sha256::digest(token.trim().as_bytes()).into() });
     match presented {
-        Some(hash) if bool::from(hash.as_slice().ct_eq(&expected)) => next.run(req).await,
+        Some(hash) if bool::from(hash.ct_eq(&expected)) => next.run(req).await,
         _ => (
             StatusCode::UNAUTHORIZED,
             [

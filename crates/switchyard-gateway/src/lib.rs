@@ -15,9 +15,11 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod framing;
 pub mod limits;
+pub mod paths;
 pub mod problem;
 pub mod proxy;
 mod registrar;

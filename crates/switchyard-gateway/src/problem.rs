@@ -27,6 +27,8 @@
 //! | `bad-request` | 400 | an ambiguous or malformed request (framing, headers) |
 //! | `payload-too-large` | 413 | the body exceeds the listener's `max_body_bytes` |
 //! | `header-too-large` | 431 | more header fields than the listener's `max_headers` |
+//! | `unauthenticated` | 401 | no credential, or one that failed (with `www-authenticate`) |
+//! | `forbidden` | 403 | the caller is known and the route's rules don't allow it |
 //!
 //! Causes found deeper in an error's source chain (for example the
 //! client crate's "no healthy endpoint" error boxed inside
@@ -127,6 +129,9 @@ pub struct Problem {
     instance: Option<String>,
     retry_after: Option<Duration>,
     close: bool,
+    /// The `WWW-Authenticate` challenge of a 401 (boxed: it keeps `Problem`
+    /// small enough to return by value in a `Result`).
+    challenge: Option<Box<str>>,
 }
 
 impl Problem {
@@ -140,6 +145,7 @@ impl Problem {
             instance: None,
             retry_after: None,
             close: false,
+            challenge: None,
         }
     }
 
@@ -249,6 +255,9 @@ impl Problem {
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let Some(challenge) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
         res
     }
 }
@@ -270,6 +279,29 @@ fn title_of(kind: &str) -> &'static str {
         "budget-exhausted" => "Retry budget exhausted",
         "upstream" => "Upstream request failed",
         _ => "Request failed",
+    }
+}
+
+// === 401 and 403 ===
+
+impl Problem {
+    /// 401 `unauthenticated`: no credential where one is required, or one
+    /// that failed; `www_authenticate` is sent as the `WWW-Authenticate`
+    /// challenge (RFC 9110 §11.6.1 requires one on every 401).
+    pub fn unauthenticated(detail: impl Into<String>, www_authenticate: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Unauthenticated",
+        )
+        .detail(detail);
+        p.challenge = Some(www_authenticate.into().into_boxed_str());
+        p
+    }
+
+    /// 403 `forbidden`: the caller is authenticated and not allowed here.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
     }
 }
 

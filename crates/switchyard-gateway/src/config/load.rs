@@ -206,7 +206,7 @@ impl Config {
         }
 
         match &self.admin.token_sha256 {
-            Some(hash) if crate::admin::parse_sha256(hash).is_none() => p(
+            Some(hash) if crate::auth::config::parse_sha256_hex(hash).is_none() => p(
                 "admin.token_sha256".into(),
                 "must be 64 hex digits: the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`".into(),
             ),
