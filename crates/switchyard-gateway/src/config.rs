@@ -64,6 +64,14 @@ pub struct Config {
     /// pass (`[[register]]`).
     #[serde(default)]
     pub register: Vec<RegisterConfig>,
+    /// Who callers are: API keys, JWT, identity forwarding (`[auth]`).
+    /// Default: none (no authentication).
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
+    /// Call limits per identity, client IP, route or service (`[limits]`).
+    /// Default: none.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// Default file of the embedded registry, beside the config file.
@@ -351,7 +359,8 @@ pub struct RouteConfig {
     /// Headers that must be present with exactly these values. Default: none.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Service the request goes to. Required.
+    /// Service the request goes to. Required unless the route has `compose`.
+    #[serde(default)]
     pub service: String,
     /// New path for the upstream request, with `{name}` replaced by the
     /// matched parameter. Default: the path as received.
@@ -364,6 +373,13 @@ pub struct RouteConfig {
     /// route then has its own breaker and budget. Default: the service's.
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
+    /// Who may call this route (`require`, `allow`, `deny`). Default: open.
+    #[serde(default)]
+    pub auth: Option<crate::auth::RouteAuthConfig>,
+    /// Answer with a composition of calls instead of proxying to `service`.
+    /// Default: none.
+    #[serde(default)]
+    pub compose: Option<switchyard_compose::ComposeConfig>,
 }
 
 mod defaults {

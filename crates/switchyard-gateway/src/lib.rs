@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod compose;
 pub mod config;
 pub mod framing;
 pub mod limits;

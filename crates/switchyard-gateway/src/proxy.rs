@@ -90,11 +90,18 @@ use tower::{Service, ServiceExt, util::BoxCloneSyncService};
 use tower_layer::Layer;
 
 use crate::{
+    auth::{
+        Authenticator, Authorizer, ForwardConfig, admit, forward_identity, strip_identity_headers,
+    },
+    compose::{self, ComposeRoute},
     config::ListenerConfig,
     framing::ScannedFraming,
+    limits::{CallLimits, LimitContext},
+    paths::normalize_path_and_query,
     problem::{self, Cause, NoRoute, Problem},
     routes::{Router, strip_port},
     server::ClientAddr,
+    tls::PeerIdentity,
 };
 
 /// The request id header, kept or created.
@@ -139,33 +146,86 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// What answers a matched route.
+#[derive(Debug)]
+pub enum Handler {
+    /// Proxy the request to one upstream.
+    Proxy(Upstream),
+    /// Answer with a composition of calls.
+    Compose(Arc<ComposeRoute>),
+}
+
+/// One route's handler and who may call it.
+#[derive(Debug)]
+pub struct Target {
+    /// What answers the route.
+    pub handler: Handler,
+    /// Who may call it (an open authorizer admits everyone).
+    pub authorizer: Authorizer,
+}
+
+impl From<Upstream> for Target {
+    fn from(upstream: Upstream) -> Self {
+        Self {
+            handler: Handler::Proxy(upstream),
+            authorizer: Authorizer::default(),
+        }
+    }
+}
+
+/// Authentication and call limits, shared by every route of a table.
+#[derive(Debug, Default, Clone)]
+pub struct Security {
+    /// Verifies credentials; none: no authentication at all.
+    pub authenticator: Option<Arc<Authenticator>>,
+    /// Which headers carry the verified identity upstream (and are
+    /// stripped from every client request).
+    pub forward: ForwardConfig,
+    /// Call limits (empty: no checks).
+    pub limits: Option<CallLimits>,
+}
+
 /// The routes and where they go: swapped whole on reload.
 #[derive(Debug)]
 pub struct RouteTable {
     router: Router,
-    upstreams: Vec<Upstream>,
+    targets: Vec<Target>,
     sidecar: HashMap<String, Upstream>,
+    security: Security,
 }
 
 impl RouteTable {
-    /// A table from compiled routes, one [`Upstream`] per route (same
+    /// A table of proxied, open routes: one [`Upstream`] per route (same
     /// order), and the services reachable in sidecar mode by name.
     pub fn new(
         router: Router,
         upstreams: Vec<Upstream>,
         sidecar: HashMap<String, Upstream>,
     ) -> Result<Self, String> {
-        if router.len() != upstreams.len() {
+        let targets = upstreams.into_iter().map(Target::from).collect();
+        Self::with_targets(router, targets, sidecar, Security::default())
+    }
+
+    /// A table with one [`Target`] per route (same order) and the security
+    /// every route shares.
+    pub fn with_targets(
+        router: Router,
+        targets: Vec<Target>,
+        sidecar: HashMap<String, Upstream>,
+        security: Security,
+    ) -> Result<Self, String> {
+        if router.len() != targets.len() {
             return Err(format!(
-                "{} routes but {} upstreams: give one upstream per route, in route order",
+                "{} routes but {} targets: give one per route, in route order",
                 router.len(),
-                upstreams.len()
+                targets.len()
             ));
         }
         Ok(Self {
             router,
-            upstreams,
+            targets,
             sidecar,
+            security,
         })
     }
 
@@ -262,6 +322,12 @@ impl Service<Request<Incoming>> for Proxy {
     }
 }
 
+/// Where a request goes: a matched route, or a service named in sidecar mode.
+enum Routed<'a> {
+    Target(&'a Target),
+    Sidecar(&'a Upstream),
+}
+
 /// Labels and outcome of one request, for metrics and the log line.
 struct Outcome {
     route: String,
@@ -340,50 +406,206 @@ impl Inner {
             .authority()
             .map(|a| a.as_str().to_owned())
             .or_else(|| header_str(req.headers(), &header::HOST).map(str::to_owned));
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        let (upstream, upstream_path, retry_non_idempotent) = match table.router.route(
+        // One spelling per path, before anything looks at it: what is
+        // matched and authorized is what goes upstream.
+        let path_and_query =
+            normalize_path_and_query(req.uri().path_and_query().map_or("/", |pq| pq.as_str()))
+                .map_err(|err| {
+                    Problem::bad_request(format!("the request path is refused: {err}"))
+                })?;
+        let (mut parts, incoming) = req.into_parts();
+        let authenticator = table.security.authenticator.as_deref();
+        if authenticator.is_some() {
+            strip_identity_headers(&table.security.forward, &mut parts.headers);
+        }
+
+        let matched = table.router.route(
             &self.listener,
-            req.method(),
+            &parts.method,
             host.as_deref(),
             &path_and_query,
-            req.headers(),
-        ) {
+            &parts.headers,
+        );
+        let (target, upstream_path, params, retry_non_idempotent) = match matched {
             Some(m) => {
                 let index = m.index();
                 outcome.route = table.router.name(index).unwrap_or("-").to_owned();
+                let params = m
+                    .params()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
                 (
-                    &table.upstreams[index],
+                    Routed::Target(&table.targets[index]),
                     m.upstream_path().to_owned(),
+                    params,
                     table.router.retry_non_idempotent(index),
                 )
             }
             None => {
                 let named = self
                     .sidecar
-                    .then(|| sidecar_service(req.headers(), host.as_deref()))
+                    .then(|| sidecar_service(&parts.headers, host.as_deref()))
                     .flatten()
                     .and_then(|name| table.sidecar.get(name));
                 match named {
                     Some(upstream) => {
                         outcome.route = "sidecar".to_owned();
-                        (upstream, path_and_query.clone(), false)
+                        (
+                            Routed::Sidecar(upstream),
+                            path_and_query.clone(),
+                            Vec::new(),
+                            false,
+                        )
                     }
                     None => {
                         return Err(Problem::route_not_found(&NoRoute {
-                            method: req.method().clone(),
-                            path: req.uri().path().to_owned(),
+                            method: parts.method.clone(),
+                            path: path_and_query.split('?').next().unwrap_or("/").to_owned(),
                         }));
                     }
                 }
             }
         };
-        outcome.service = upstream.service.clone();
+        outcome.service = match target {
+            Routed::Target(Target {
+                handler: Handler::Compose(_),
+                ..
+            }) => "compose".to_owned(),
+            Routed::Target(Target {
+                handler: Handler::Proxy(u),
+                ..
+            })
+            | Routed::Sidecar(u) => u.service.clone(),
+        };
 
-        let (parts, incoming) = req.into_parts();
+        // Authentication and authorization.
+        let peer_cert = parts.extensions.get::<PeerIdentity>().map(|p| p.0.as_str());
+        let identity = match (authenticator, &target) {
+            (Some(authenticator), Routed::Target(t)) => {
+                admit(authenticator, &t.authorizer, &parts.headers, peer_cert)?
+            }
+            (Some(authenticator), Routed::Sidecar(_)) => admit(
+                authenticator,
+                &Authorizer::default(),
+                &parts.headers,
+                peer_cert,
+            )?,
+            (None, _) => None,
+        };
+
+        // Call limits.
+        let permit = match &table.security.limits {
+            Some(limits) if !limits.is_empty() => {
+                let peer = parts.extensions.get::<ClientAddr>().map(|c| c.0);
+                let client_ip = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |peer| {
+                    limits.client_ip(peer, &parts.headers)
+                });
+                let ctx = LimitContext {
+                    route: &outcome.route,
+                    service: &outcome.service,
+                    identity: identity.as_ref().map(|i| i.subject.as_str()),
+                    client_ip,
+                };
+                Some(
+                    limits
+                        .check(&ctx)
+                        .await
+                        .map_err(|rejection| Problem::call_limited(&rejection))?,
+                )
+            }
+            _ => None,
+        };
+        if let (Some(_), Some(identity)) = (authenticator, &identity) {
+            forward_identity(&table.security.forward, identity, &mut parts.headers);
+        }
+
+        let response = match target {
+            Routed::Target(Target {
+                handler: Handler::Compose(route),
+                ..
+            }) => {
+                self.compose(route, parts, incoming, params, &path_and_query, request_id)
+                    .await
+            }
+            Routed::Target(Target {
+                handler: Handler::Proxy(upstream),
+                ..
+            })
+            | Routed::Sidecar(upstream) => {
+                self.forward(
+                    upstream,
+                    parts,
+                    incoming,
+                    host.as_deref(),
+                    upstream_path,
+                    retry_non_idempotent,
+                    request_id,
+                )
+                .await
+            }
+        };
+        let mut response = response?;
+        if let Some(permit) = permit {
+            for (name, value) in permit.headers() {
+                response.headers_mut().insert(name, value);
+            }
+            // Concurrency slots are held until the response body is sent.
+            response
+                .extensions_mut()
+                .insert(crate::server::HoldUntilSent::new(permit));
+        }
+        Ok(response)
+    }
+
+    /// Answers a composition route.
+    async fn compose(
+        &self,
+        route: &ComposeRoute,
+        parts: http::request::Parts,
+        incoming: Incoming,
+        params: Vec<(String, String)>,
+        path_and_query: &str,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, Problem> {
+        let mut headers = parts.headers;
+        let deadline = take_deadline(&mut headers);
+        headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        let is_json =
+            header_str(&headers, &header::CONTENT_TYPE).is_some_and(|t| t.contains("json"));
+        let body = if is_json {
+            let bytes = Body::streaming(incoming)
+                .limited(self.max_body)
+                .collect_bytes()
+                .await
+                .map_err(|_| Problem::payload_too_large(self.max_body))?;
+            if bytes.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_slice(&bytes).map_err(|err| {
+                    Problem::bad_request(format!("the request body is not valid JSON: {err}"))
+                })?)
+            }
+        } else {
+            None
+        };
+        let query = path_and_query.split_once('?').map(|(_, q)| q);
+        let request = compose::compose_request(params, query, headers.clone(), body);
+        route.answer(request, &headers, deadline).await
+    }
+
+    /// Proxies to one upstream.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        parts: http::request::Parts,
+        incoming: Incoming,
+        host: Option<&str>,
+        upstream_path: String,
+        retry_non_idempotent: bool,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, Problem> {
         let uri: Uri = upstream_path.parse().map_err(|_| {
             Problem::bad_request(format!(
                 "the upstream path `{upstream_path}` is not a valid request target"
@@ -395,7 +617,7 @@ impl Inner {
         self.forwarded_headers(
             &mut headers,
             parts.version,
-            host.as_deref(),
+            host,
             parts.extensions.get::<ClientAddr>(),
         );
         headers.insert(REQUEST_ID_HEADER, request_id.clone());

@@ -7,7 +7,10 @@
 //! latencies, ejections and breaker state survive a reload); only their
 //! endpoint list is updated.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde::Serialize;
 use switchyard_client::ServiceClient;
@@ -16,10 +19,14 @@ use switchyard_policy::{Events, HttpClassifier, Observer, Policy, PolicyConfig};
 use tower::{Layer, util::BoxCloneSyncService};
 
 use crate::{
+    auth::{Authenticator, Authorizer},
+    compose::ComposeRoute,
     config::{Config, ServiceConfig},
-    proxy::{DeadlineHeaderLayer, RouteTable, Upstream},
+    limits::CallLimits,
+    proxy::{DeadlineHeaderLayer, Handler, RouteTable, Security, Target, Upstream},
     routes::Router,
 };
+use switchyard_compose::ComposePlan;
 
 /// Where services' endpoints come from: the config's static lists, and the
 /// registry when one is configured.
@@ -69,6 +76,30 @@ pub(crate) struct Runtime {
     pub(crate) config: Config,
     services: BTreeMap<String, ServiceEntry>,
     route_policies: Vec<Option<HttpPolicy>>,
+    security: Security,
+}
+
+fn security_for(config: &Config) -> Result<Security, String> {
+    let authenticator = config
+        .auth
+        .as_ref()
+        .map(|auth| Authenticator::new(auth).map(Arc::new))
+        .transpose()
+        .map_err(|e| format!("auth: {e}"))?;
+    let limits = if config.limits.rules.is_empty() {
+        None
+    } else {
+        Some(CallLimits::new(&config.limits)?)
+    };
+    Ok(Security {
+        authenticator,
+        forward: config
+            .auth
+            .as_ref()
+            .map(|a| a.forward.clone())
+            .unwrap_or_default(),
+        limits,
+    })
 }
 
 /// Services' state for `/admin/services`.
@@ -154,30 +185,78 @@ impl Runtime {
         }
 
         let router = Router::new(&config.routes)?;
+        let max_body = config
+            .listeners
+            .iter()
+            .map(|l| l.max_body_bytes)
+            .max()
+            .unwrap_or(crate::config::DEFAULT_MAX_BODY_BYTES);
         let mut route_policies = Vec::with_capacity(config.routes.len());
-        let mut upstreams = Vec::with_capacity(config.routes.len());
-        for route in &config.routes {
-            let entry = services
-                .get(&route.service)
-                .ok_or_else(|| format!("unknown service {:?}", route.service))?;
-            let route_policy = match &route.policy {
-                Some(pc) => Some(policy_for(&route.service, pc, observer)?),
-                None => None,
+        let mut targets = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            let handler = match &route.compose {
+                Some(compose) => {
+                    let plan = ComposePlan::compile(compose, &|s: &str| services.contains_key(s))
+                        .map_err(|errors| {
+                        format!("routes[{i}].compose: {}", errors.join("; "))
+                    })?;
+                    let mut called = HashMap::new();
+                    for name in plan.services() {
+                        let entry = services
+                            .get(name)
+                            .ok_or_else(|| format!("unknown service {name:?}"))?;
+                        called.insert(name.to_owned(), upstream(name, entry, &entry.policy));
+                    }
+                    route_policies.push(None);
+                    Handler::Compose(Arc::new(ComposeRoute {
+                        plan,
+                        services: called,
+                        max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+                    }))
+                }
+                None => {
+                    let entry = services
+                        .get(&route.service)
+                        .ok_or_else(|| format!("unknown service {:?}", route.service))?;
+                    let route_policy = match &route.policy {
+                        Some(pc) => Some(policy_for(&route.service, pc, observer)?),
+                        None => None,
+                    };
+                    let policy = route_policy.as_ref().unwrap_or(&entry.policy);
+                    let target = upstream(&route.service, entry, policy);
+                    route_policies.push(route_policy);
+                    Handler::Proxy(target)
+                }
             };
-            let policy = route_policy.as_ref().unwrap_or(&entry.policy);
-            upstreams.push(upstream(&route.service, entry, policy));
-            route_policies.push(route_policy);
+            let authorizer = match &route.auth {
+                Some(auth) => {
+                    Authorizer::new(auth).map_err(|e| format!("routes[{i}].auth: {e}"))?
+                }
+                None => Authorizer::default(),
+            };
+            targets.push(Target {
+                handler,
+                authorizer,
+            });
         }
         let sidecar = services
             .iter()
             .map(|(name, entry)| (name.clone(), upstream(name, entry, &entry.policy)))
             .collect();
-        let table = RouteTable::new(router, upstreams, sidecar)?;
+        let security = match previous
+            .filter(|p| p.config.auth == config.auth && p.config.limits == config.limits)
+        {
+            // Unchanged: keep the limit counters and the JWKS cache.
+            Some(p) => p.security.clone(),
+            None => security_for(&config)?,
+        };
+        let table = RouteTable::with_targets(router, targets, sidecar, security.clone())?;
         Ok((
             Runtime {
                 config,
                 services,
                 route_policies,
+                security,
             },
             table,
         ))

@@ -75,6 +75,25 @@ pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// hyper's smallest allowed HTTP/1 read buffer.
 pub const MIN_HEADER_BUF: usize = 8192;
 
+/// Something a response keeps alive until its body has been sent (a response
+/// extension the server moves into the body): call-limit concurrency slots.
+#[derive(Clone)]
+// The value is never read: it is held only so it drops with the body.
+pub struct HoldUntilSent(#[allow(dead_code)] Arc<dyn std::any::Any + Send + Sync>);
+
+impl HoldUntilSent {
+    /// Holds `value` until the response it is attached to is fully sent.
+    pub fn new(value: impl std::any::Any + Send + Sync) -> Self {
+        Self(Arc::new(value))
+    }
+}
+
+impl std::fmt::Debug for HoldUntilSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HoldUntilSent")
+    }
+}
+
 /// The address of the client a request came from (a request extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
@@ -347,10 +366,12 @@ where
         let guard = InFlight::start(self.activity.clone());
         let handler = self.handler.clone();
         Box::pin(async move {
-            let res = handler.oneshot(req).await?;
+            let mut res = handler.oneshot(req).await?;
+            let held = res.extensions_mut().remove::<HoldUntilSent>();
             Ok(res.map(|inner| TrackedBody {
                 inner,
                 _guard: guard,
+                _held: held,
             }))
         })
     }
@@ -408,6 +429,7 @@ pin_project! {
         #[pin]
         inner: Body,
         _guard: InFlight,
+        _held: Option<HoldUntilSent>,
     }
 }
 

@@ -336,21 +336,72 @@ impl Config {
 
         for (i, route) in self.routes.iter().enumerate() {
             let at = |key: &str| format!("routes[{i}].{key}");
-            if !self.services.contains_key(&route.service) {
-                let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
-                p(
+            match (&route.compose, route.service.is_empty()) {
+                (Some(_), false) => p(
                     at("service"),
-                    format!(
-                        "unknown service {:?}; define [services.{}] or use one of: {}",
-                        route.service,
-                        route.service,
-                        if known.is_empty() {
-                            "(none defined)".to_owned()
-                        } else {
-                            known.join(", ")
+                    "a route either proxies to `service` or answers with `compose`; remove one"
+                        .into(),
+                ),
+                (None, true) => p(
+                    at("service"),
+                    "missing; name the service requests go to, or add a `compose` table".into(),
+                ),
+                (None, false) if !self.services.contains_key(&route.service) => {
+                    let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
+                    p(
+                        at("service"),
+                        format!(
+                            "unknown service {:?}; define [services.{}] or use one of: {}",
+                            route.service,
+                            route.service,
+                            if known.is_empty() {
+                                "(none defined)".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+                _ => {}
+            }
+            if let Some(compose) = &route.compose {
+                match switchyard_compose::ComposePlan::compile(compose, &|s: &str| {
+                    self.services.contains_key(s)
+                }) {
+                    Ok(plan) => {
+                        let defined = template_params(&route.path);
+                        for used in plan.params_used() {
+                            if !defined.contains(&used) {
+                                p(
+                                    at("compose"),
+                                    format!(
+                                        "request.params.{used} is used but path {:?} has no {{{used}}}",
+                                        route.path
+                                    ),
+                                );
+                            }
                         }
-                    ),
-                );
+                    }
+                    Err(errors) => {
+                        for error in errors {
+                            let (key, message) =
+                                error.split_once(": ").unwrap_or(("", error.as_str()));
+                            p(at(&format!("compose.{key}")), message.to_owned());
+                        }
+                    }
+                }
+            }
+            if let Some(auth) = &route.auth {
+                if self.auth.is_none() {
+                    p(
+                        at("auth"),
+                        "route auth rules need an [auth] section saying how callers authenticate"
+                            .into(),
+                    );
+                }
+                if let Err(message) = crate::auth::Authorizer::new(auth) {
+                    p(at("auth"), message);
+                }
             }
             for name in &route.listeners {
                 if !self.listeners.iter().any(|l| &l.name == name) {
@@ -399,6 +450,17 @@ impl Config {
             if let Some(Err(message)) = route.policy.as_ref().map(|pc| pc.validate()) {
                 p(at("policy"), message.to_string());
             }
+        }
+        if let Some(auth) = &self.auth {
+            for (key, message) in auth.problems() {
+                p(format!("auth.{key}"), message);
+            }
+        }
+        if let Err(message) = self.limits.validate() {
+            let (key, message) = message
+                .split_once(": ")
+                .unwrap_or(("limits", message.as_str()));
+            p(key.to_owned(), message.to_owned());
         }
         if let Err(message) = crate::routes::Router::new(&self.routes) {
             p("routes".into(), message);
