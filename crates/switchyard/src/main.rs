@@ -9,6 +9,8 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or config error. Logs go
 //! to stderr (`RUST_LOG` filters them), data to stdout.
 
+mod bench;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Load an HTTP server at a fixed request rate (open loop, HTTP/1.1 or h2c)
+    /// and report latency percentiles measured from each request's intended start.
+    Bench(bench::BenchArgs),
     /// Create a development CA and certificates (for local TLS and mutual TLS).
     Cert {
         #[command(subcommand)]
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => serve(config),
         Command::Cert { command } => cert(command),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
