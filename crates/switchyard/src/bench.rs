@@ -19,12 +19,7 @@ mod schedule;
 mod transport;
 
 use std::{
-    io::IsTerminal,
-    net::SocketAddr,
-    path::PathBuf,
-    process::ExitCode,
-    sync::Arc,
-    time::Duration,
+    io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
 };
 
 use bytes::Bytes;
@@ -50,7 +45,7 @@ const PRECISE_SPIN: Duration = Duration::from_millis(1);
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub(crate) struct BenchArgs {
-    /// The URL to load: http://host[:port]/path[?query] (no https).
+    /// The URL to load, e.g. http://127.0.0.1:8080/path (http only, no https).
     #[arg(value_parser = parse_url)]
     url: Uri,
     /// Requests per second, started on a fixed schedule whatever the responses do.
@@ -121,9 +116,15 @@ fn parse_url(text: &str) -> Result<Uri, String> {
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err("https is not supported; use http:// (HTTP/1.1, or h2c with --http2)".to_owned());
+            return Err(
+                "https is not supported; use http:// (HTTP/1.1, or h2c with --http2)".to_owned(),
+            );
         }
-        Some(other) => return Err(format!("unsupported scheme `{other}`; expected http://host[:port]/path")),
+        Some(other) => {
+            return Err(format!(
+                "unsupported scheme `{other}`; expected http://host[:port]/path"
+            ));
+        }
         None => return Err("missing scheme; expected http://host[:port]/path".to_owned()),
     }
     match uri.host() {
@@ -155,7 +156,9 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 fn parse_connections(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(c @ 1..=100_000) => Ok(c),
-        _ => Err(format!("`{text}` is not a number of connections from 1 to 100000")),
+        _ => Err(format!(
+            "`{text}` is not a number of connections from 1 to 100000"
+        )),
     }
 }
 
@@ -178,8 +181,9 @@ fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
         .ok_or_else(|| format!("`{text}` is not a header; expected 'name: value'"))?;
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| format!("`{}` is not a valid header name", name.trim()))?;
-    let value = HeaderValue::from_str(value.trim())
-        .map_err(|_| format!("the value of header `{name}` has characters a header cannot carry"))?;
+    let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+        format!("the value of header `{name}` has characters a header cannot carry")
+    })?;
     Ok((name, value))
 }
 
@@ -196,7 +200,10 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         },
         (None, None) => Bytes::new(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("switchyard bench: cannot start the async runtime: {e}");
@@ -214,7 +221,11 @@ async fn bench(args: BenchArgs, body: Bytes) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let protocol = if args.http2 { Protocol::H2c } else { Protocol::Http1 };
+    let protocol = if args.http2 {
+        Protocol::H2c
+    } else {
+        Protocol::Http1
+    };
     let mut headers = HeaderMap::new();
     if protocol == Protocol::Http1
         && let Some(authority) = args.url.authority()
@@ -259,7 +270,11 @@ async fn bench(args: BenchArgs, body: Bytes) -> ExitCode {
     let transport = Arc::new(Http::new(addr, protocol, template, args.connections));
     let progress = Arc::new(Progress::default());
     let progress_line = std::io::stderr().is_terminal().then(|| {
-        tokio::spawn(report::progress_line(progress.clone(), args.warmup, args.duration))
+        tokio::spawn(report::progress_line(
+            progress.clone(),
+            args.warmup,
+            args.duration,
+        ))
     });
     let stats = schedule::run(&plan, transport, &progress).await;
     if let Some(task) = progress_line {

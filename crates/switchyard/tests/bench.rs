@@ -42,7 +42,9 @@ impl Server {
         let (all, h2) = (requests.clone(), h2_requests.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (all, h2) = (all.clone(), h2.clone());
                 tokio::spawn(async move {
@@ -84,8 +86,12 @@ struct Run {
 
 impl Run {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -119,7 +125,17 @@ fn latency(json: &Value, field: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_rate_sends_what_the_schedule_says() {
     let server = Server::start(200).await;
-    let run = bench(&[&server.url(), "--rate", "200", "--duration", "1s", "--warmup", "200ms", "--json"]).await;
+    let run = bench(&[
+        &server.url(),
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ])
+    .await;
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let json = run.json();
     let completed = count(&json, "/completed");
@@ -135,7 +151,10 @@ async fn a_fixed_rate_sends_what_the_schedule_says() {
         latency(&json, "p99_9"),
         latency(&json, "max"),
     );
-    assert!(min <= p50 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max, "{json}");
+    assert!(
+        min <= p50 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max,
+        "{json}"
+    );
     assert!(latency(&json, "mean") > 0.0, "{json}");
     assert_eq!(json["protocol"], "http/1.1");
     // The warmup's 40 requests reached the server too, but are not reported.
@@ -145,17 +164,48 @@ async fn a_fixed_rate_sends_what_the_schedule_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_table_names_every_figure() {
     let server = Server::start(200).await;
-    let run = bench(&[&server.url(), "--rate", "50", "--duration", "200ms", "--warmup", "0s"]).await;
+    let run = bench(&[
+        &server.url(),
+        "--rate",
+        "50",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+    ])
+    .await;
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    for needle in ["completed 10", "late starts", "achieved", "2xx 10", "timeout 0", "p99.9", "max"] {
-        assert!(run.stdout.contains(needle), "`{needle}` missing from:\n{}", run.stdout);
+    for needle in [
+        "completed 10",
+        "late starts",
+        "achieved",
+        "2xx 10",
+        "timeout 0",
+        "p99.9",
+        "max",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "`{needle}` missing from:\n{}",
+            run.stdout
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_counted_by_class_and_the_run_still_succeeds() {
     let server = Server::start(503).await;
-    let run = bench(&[&server.url(), "--rate", "100", "--duration", "500ms", "--warmup", "0s", "--json"]).await;
+    let run = bench(&[
+        &server.url(),
+        "--rate",
+        "100",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await;
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let json = run.json();
     assert_eq!(count(&json, "/status/5xx"), 50, "{json}");
@@ -168,13 +218,39 @@ async fn server_errors_are_counted_by_class_and_the_run_still_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_port_exits_1_and_says_why() {
     // Bind then drop: nothing listens on this port any more.
-    let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let url = format!("http://{addr}/");
-    let run = bench(&[&url, "--rate", "50", "--duration", "200ms", "--warmup", "0s", "--json"]).await;
-    assert_eq!(run.code, 1, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("nothing could be sent"), "{}", run.stderr);
+    let run = bench(&[
+        &url,
+        "--rate",
+        "50",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await;
+    assert_eq!(
+        run.code, 1,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr.contains("nothing could be sent"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains(&addr.to_string()), "{}", run.stderr);
-    assert!(run.stderr.to_lowercase().contains("refused"), "{}", run.stderr);
+    assert!(
+        run.stderr.to_lowercase().contains("refused"),
+        "{}",
+        run.stderr
+    );
     let json = run.json();
     assert_eq!(count(&json, "/errors/connect"), 10, "{json}");
     assert!(json["latency_ms"]["p50"].is_null(), "{json}");
@@ -215,32 +291,118 @@ async fn bad_arguments_exit_2() {
     let url = server.url();
     let cases: &[(&[&str], &str)] = &[
         (&["not a url", "--rate", "10", "--duration", "1s"], "URL"),
-        (&["https://127.0.0.1/", "--rate", "10", "--duration", "1s"], "https is not supported"),
-        (&["ftp://127.0.0.1/", "--rate", "10", "--duration", "1s"], "scheme"),
+        (
+            &["https://127.0.0.1/", "--rate", "10", "--duration", "1s"],
+            "https is not supported",
+        ),
+        (
+            &["ftp://127.0.0.1/", "--rate", "10", "--duration", "1s"],
+            "scheme",
+        ),
         (&[&url, "--rate", "0", "--duration", "1s"], "positive"),
-        (&[&url, "--rate", "fast", "--duration", "1s"], "requests per second"),
-        (&[&url, "--rate", "10", "--duration", "0s"], "longer than zero"),
-        (&[&url, "--rate", "10", "--duration", "soon"], "not a duration"),
+        (
+            &[&url, "--rate", "fast", "--duration", "1s"],
+            "requests per second",
+        ),
+        (
+            &[&url, "--rate", "10", "--duration", "0s"],
+            "longer than zero",
+        ),
+        (
+            &[&url, "--rate", "10", "--duration", "soon"],
+            "not a duration",
+        ),
         (&[&url, "--rate", "10"], "--duration"),
-        (&[&url, "--rate", "10", "--duration", "1s", "--connections", "0"], "connections"),
-        (&[&url, "--rate", "10", "--duration", "1s", "--header", "nocolon"], "name: value"),
-        (&[&url, "--rate", "10", "--duration", "1s", "--body", "a", "--body-file", "f"], "cannot be used with"),
-        (&[&url, "--rate", "10", "--duration", "1s", "--body-file", "/nonexistent/body"], "/nonexistent/body"),
+        (
+            &[
+                &url,
+                "--rate",
+                "10",
+                "--duration",
+                "1s",
+                "--connections",
+                "0",
+            ],
+            "connections",
+        ),
+        (
+            &[
+                &url,
+                "--rate",
+                "10",
+                "--duration",
+                "1s",
+                "--header",
+                "nocolon",
+            ],
+            "name: value",
+        ),
+        (
+            &[
+                &url,
+                "--rate",
+                "10",
+                "--duration",
+                "1s",
+                "--body",
+                "a",
+                "--body-file",
+                "f",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &[
+                &url,
+                "--rate",
+                "10",
+                "--duration",
+                "1s",
+                "--body-file",
+                "/nonexistent/body",
+            ],
+            "/nonexistent/body",
+        ),
     ];
     for (args, needle) in cases {
         let run = bench(args).await;
-        assert_eq!(run.code, 2, "{args:?}: stdout {} stderr {}", run.stdout, run.stderr);
-        assert!(run.stderr.contains(needle), "{args:?}: `{needle}` not in {}", run.stderr);
+        assert_eq!(
+            run.code, 2,
+            "{args:?}: stdout {} stderr {}",
+            run.stdout, run.stderr
+        );
+        assert!(
+            run.stderr.contains(needle),
+            "{args:?}: `{needle}` not in {}",
+            run.stderr
+        );
     }
-    assert_eq!(server.requests.load(Ordering::Relaxed), 0, "a usage error sends nothing");
+    assert_eq!(
+        server.requests.load(Ordering::Relaxed),
+        0,
+        "a usage error sends nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_documents_the_method_fields_and_exit_codes() {
     let run = bench(&["--help"]).await;
     assert_eq!(run.code, 0);
-    for needle in ["--rate", "--duration", "--connections", "--http2", "--json", "intended start", "late_starts", "Exit codes"] {
-        assert!(run.stdout.contains(needle), "`{needle}` missing from --help:\n{}", run.stdout);
+    for needle in [
+        "--rate",
+        "--duration",
+        "--connections",
+        "--http2",
+        "--json",
+        "intended start",
+        "late_starts",
+        "Exit codes",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "`{needle}` missing from --help:\n{}",
+            run.stdout
+        );
     }
 }
 
@@ -258,7 +420,14 @@ async fn ceiling() {
         .collect();
     for http2 in [false, true] {
         for rate in &rates {
-            let mut args = vec![server.url(), "--rate".into(), rate.clone(), "--duration".into(), "5s".into(), "--json".into()];
+            let mut args = vec![
+                server.url(),
+                "--rate".into(),
+                rate.clone(),
+                "--duration".into(),
+                "5s".into(),
+                "--json".into(),
+            ];
             if http2 {
                 args.push("--http2".into());
             }

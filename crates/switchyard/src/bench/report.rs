@@ -47,7 +47,11 @@ fn achieved_rate(info: &RunInfo, stats: &Stats) -> f64 {
         .duration
         .as_secs_f64()
         .max(stats.send_span.as_secs_f64() + 1.0 / info.rate);
-    if span > 0.0 { stats.sent as f64 / span } else { 0.0 }
+    if span > 0.0 {
+        stats.sent as f64 / span
+    } else {
+        0.0
+    }
 }
 
 fn ms(micros: u64) -> f64 {
@@ -208,7 +212,11 @@ pub(crate) async fn progress_line(progress: Arc<Progress>, warmup: Duration, dur
         let elapsed = start.elapsed();
         let fraction = (elapsed.as_secs_f64() / total).min(1.0);
         let filled = (fraction * WIDTH as f64) as usize;
-        let phase = if elapsed < warmup { "warmup" } else { "running" };
+        let phase = if elapsed < warmup {
+            "warmup"
+        } else {
+            "running"
+        };
         let line = format!(
             "\r[{}{}] {:>5.1}s/{:.1}s {phase:<7} sent {}  completed {}  errors {}\x1b[K",
             "#".repeat(filled),

@@ -210,15 +210,21 @@ impl Stats {
             return;
         };
         self.sent += 1;
-        self.send_span = self.send_span.max(started.saturating_duration_since(measured_from));
-        self.lag
-            .saturating_record(micros(started.saturating_duration_since(done.intended)));
+        self.send_span = self
+            .send_span
+            .max(started.saturating_duration_since(measured_from));
+        record(
+            &mut self.lag,
+            started.saturating_duration_since(done.intended),
+        );
         match done.outcome {
             Outcome::Status(code @ 200..=599) => {
                 self.completed += 1;
                 self.status[usize::from(code / 100 - 2)] += 1;
-                self.latency
-                    .saturating_record(micros(done.finished.saturating_duration_since(done.intended)));
+                record(
+                    &mut self.latency,
+                    done.finished.saturating_duration_since(done.intended),
+                );
             }
             Outcome::Status(code) => {
                 self.other_errors += 1;
@@ -237,8 +243,15 @@ fn histogram() -> Histogram<u64> {
     Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+/// Records `d` in microseconds. `record` grows the histogram as needed
+/// (`saturating_record` would clamp to its current, small, range instead);
+/// it only fails if the histogram cannot be indexed, then the value is
+/// clamped rather than lost.
+fn record(histogram: &mut Histogram<u64>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    if histogram.record(micros).is_err() {
+        histogram.saturating_record(micros);
+    }
 }
 
 /// One request's result, sent back to the dispatcher with its slot.
@@ -253,7 +266,11 @@ struct Done {
 }
 
 /// Runs `plan` over `transport` and returns what was measured.
-pub(crate) async fn run<T: Transport>(plan: &Plan, transport: Arc<T>, progress: &Progress) -> Stats {
+pub(crate) async fn run<T: Transport>(
+    plan: &Plan,
+    transport: Arc<T>,
+    progress: &Progress,
+) -> Stats {
     let t0 = Instant::now();
     let measured_from = t0 + plan.warmup;
     let first_measured = plan.starts_before(plan.warmup);

@@ -24,6 +24,8 @@ use super::schedule::{Outcome, Transport};
 /// streams, not connections, carry the concurrency.
 pub(crate) const H2_CONNECTIONS: usize = 4;
 
+type H2Sender = http2::SendRequest<Full<Bytes>>;
+
 /// Which HTTP the transport speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
@@ -54,7 +56,7 @@ pub(crate) struct Http {
     template: RequestTemplate,
     /// The URI as HTTP/1.1 writes it on the wire: path and query only.
     origin_form: Uri,
-    h2: Box<[Mutex<Option<http2::SendRequest<Full<Bytes>>>>]>,
+    h2: Box<[Mutex<Option<H2Sender>>]>,
 }
 
 /// A slot: its own keep-alive connection (HTTP/1.1), or the index of the
@@ -70,7 +72,12 @@ pub(crate) enum HttpSlot {
 
 impl Http {
     /// A transport for `template`, connecting to `addr`, for `slots` slots.
-    pub(crate) fn new(addr: SocketAddr, protocol: Protocol, template: RequestTemplate, slots: usize) -> Http {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        protocol: Protocol,
+        template: RequestTemplate,
+        slots: usize,
+    ) -> Http {
         let origin_form = template
             .uri
             .path_and_query()
