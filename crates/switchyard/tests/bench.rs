@@ -96,7 +96,11 @@ impl Run {
 }
 
 async fn bench(args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    bench_with(env!("CARGO_BIN_EXE_switchyard"), args).await
+}
+
+async fn bench_with(binary: &str, args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(binary)
         .arg("bench")
         .args(args)
         .env("RUST_LOG", "warn")
@@ -418,7 +422,12 @@ async fn ceiling() {
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    for http2 in [false, true] {
+    let protocols: &[bool] = match std::env::var("BENCH_PROTOCOLS").as_deref() {
+        Ok("h1") => &[false],
+        Ok("h2c") => &[true],
+        _ => &[false, true],
+    };
+    for &http2 in protocols {
         for rate in &rates {
             let mut args = vec![
                 server.url(),
@@ -432,7 +441,9 @@ async fn ceiling() {
                 args.push("--http2".into());
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let json = bench(&args).await.json();
+            // BENCH_BIN compares another build (e.g. a scheduling variant).
+            let binary = std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_owned());
+            let json = bench_with(&binary, &args).await.json();
             println!(
                 "{:<8} rate {:>6}  achieved {:>9}  p50 {:>7} ms  p99 {:>7} ms  p99.9 {:>7} ms  max {:>7} ms  late {:>5}  lag p99 {:>6} ms  errors {}",
                 json["protocol"].as_str().unwrap_or(""),
