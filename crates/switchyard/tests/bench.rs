@@ -442,7 +442,8 @@ async fn ceiling() {
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             // BENCH_BIN compares another build (e.g. a scheduling variant).
-            let binary = std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_owned());
+            let binary = std::env::var("BENCH_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_owned());
             let json = bench_with(&binary, &args).await.json();
             println!(
                 "{:<8} rate {:>6}  achieved {:>9}  p50 {:>7} ms  p99 {:>7} ms  p99.9 {:>7} ms  max {:>7} ms  late {:>5}  lag p99 {:>6} ms  errors {}",
