@@ -9,6 +9,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or config error. Logs go
 //! to stderr (`RUST_LOG` filters them), data to stdout.
 
+mod bench;
 mod demo;
 mod registry;
 
@@ -67,6 +68,9 @@ enum Command {
         #[command(subcommand)]
         command: registry::RegistryCommand,
     },
+    /// Load an HTTP server at a fixed request rate (open loop, HTTP/1.1 or h2c)
+    /// and report latency percentiles measured from each request's intended start.
+    Bench(bench::BenchArgs),
     /// Create a development CA and certificates (for local TLS and mutual TLS).
     Cert {
         #[command(subcommand)]
@@ -117,9 +121,15 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo's and the bench's output is their table: only warnings in
+    // between, unless RUST_LOG asks for more.
+    let default_level = match cli.command {
+        Command::Demo { .. } | Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -157,6 +167,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { duration, rate } => demo(demo::DemoOptions { duration, rate }),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
