@@ -263,7 +263,9 @@ fn print_table(elapsed: Duration, stats: &Stats, gateway: &Gateway, instances: &
                 let ep = endpoints.iter().find(|e| e["addr"] == i.addr.to_string());
                 let ejected = ep.is_some_and(|e| e["ejected"] == true);
                 let unhealthy = ep.is_some_and(|e| e["healthy"] == false);
-                let mark = if ejected {
+                let mark = if ep.is_none() {
+                    " (deregistered)"
+                } else if ejected {
                     " ejected"
                 } else if unhealthy {
                     " unhealthy"
@@ -290,8 +292,9 @@ fn fmt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
 }
 
-/// The gateway config for the world: one service per kind with its two
-/// instances, the product page composed from all four, the catalog proxied.
+/// The gateway config for the world: the embedded registry the instances
+/// register with, one service per kind, the product page composed from all
+/// four, the catalog proxied.
 fn config_text(instances: &[Instance]) -> String {
     let mut text = String::from(
         r#"
@@ -306,23 +309,34 @@ listen = "127.0.0.1:0"
 drain_timeout = "2s"
 "#,
     );
+    // The instances register themselves with the embedded registry through
+    // sidecar registrations (checked by TCP connect), so an instance that
+    // dies is deregistered and one that comes back is registered again.
+    text.push_str("\n[registry]\nembedded = true\n");
+    for i in instances {
+        text.push_str(&format!(
+            r#"
+[[register]]
+service = "{service}"
+id = "{label}"
+addr = "{addr}"
+ttl = "3s"
+check = {{ tcp = true, interval = "500ms", timeout = "200ms", unhealthy_threshold = 2 }}
+"#,
+            service = i.service,
+            label = i.label,
+            addr = i.addr
+        ));
+    }
     for kind in KINDS {
-        let endpoints: Vec<String> = instances
-            .iter()
-            .filter(|i| i.service == kind.name)
-            .map(|i| format!("\"{}\"", i.addr))
-            .collect();
         text.push_str(&format!(
             r#"
 [services.{name}]
-endpoints = [{endpoints}]
 connect_timeout = "100ms"
+balancer = {{ decay = "1s" }}
 [services.{name}.outlier]
 consecutive_failures = 3
 base_ejection_time = "3s"
-[services.{name}.health_check]
-path = "/healthz"
-interval = "1s"
 [services.{name}.policy]
 timeout = "400ms"
 attempt_timeout = "200ms"
@@ -337,7 +351,6 @@ open_duration = "2s"
 half_open_permits = 3
 "#,
             name = kind.name,
-            endpoints = endpoints.join(", ")
         ));
     }
     text.push_str(
@@ -349,12 +362,33 @@ methods = ["GET"]
 service = "catalog"
 rewrite = "/items/{id}"
 
+# The product page: catalog first; pricing and inventory beside it;
+# reviews after catalog (it reads the item's id); inventory and reviews
+# are optional, so their failures degrade the page instead of failing it.
 [[routes]]
 name = "product"
 path = "/product/{id}"
 methods = ["GET"]
+[routes.compose]
+timeout = "800ms"
+[routes.compose.calls.catalog]
 service = "catalog"
-rewrite = "/items/{id}"
+path = "/items/{request.params.id}"
+[routes.compose.calls.pricing]
+service = "pricing"
+path = "/prices/{request.params.id}"
+[routes.compose.calls.inventory]
+service = "inventory"
+path = "/stock/{request.params.id}"
+required = false
+fallback = { value = { available = "unknown" } }
+[routes.compose.calls.reviews]
+service = "reviews"
+path = "/reviews/{catalog.body.id}"
+required = false
+fallback = "omit"
+[routes.compose.response]
+body = { id = "{catalog.body.id}", name = "{catalog.body.name}", price = "{pricing.body}", stock = "{inventory.body.available}", reviews = "{reviews.body}" }
 "#,
     );
     text

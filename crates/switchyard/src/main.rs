@@ -121,10 +121,10 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo's and the bench's output is their table: only warnings in
+    // The demo's and the bench's output is their table: only errors in
     // between, unless RUST_LOG asks for more.
     let default_level = match cli.command {
-        Command::Demo { .. } | Command::Bench(_) => "warn",
+        Command::Demo { .. } | Command::Bench(_) => "error",
         _ => "info",
     };
     tracing_subscriber::fmt()

@@ -225,10 +225,18 @@ impl Config {
         }
         for (name, service) in &self.services {
             let at = |key: &str| format!("services.{name}.{key}");
-            if service.endpoints.is_empty() {
+            if service.endpoints.is_empty() && self.registry.is_none() {
                 p(
                     at("endpoints"),
-                    "no endpoints; list at least one, e.g. endpoints = [\"127.0.0.1:9001\"]".into(),
+                    "no endpoints and no [registry]; list endpoints, e.g. endpoints = [\"127.0.0.1:9001\"], \
+                     or configure a registry to find its instances"
+                        .into(),
+                );
+            }
+            if !service.select.is_empty() && !service.endpoints.is_empty() {
+                p(
+                    at("select"),
+                    "select filters registry instances; this service lists static endpoints".into(),
                 );
             }
             let mut seen = HashSet::new();
