@@ -37,6 +37,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 pub enum Mode {
     /// 200 with a body naming the backend.
     Ok,
+    /// 200 with JSON: `{"service": name, "uri": ..., "body": <request body>}`.
+    Echo,
     /// This status, no body.
     Status(u16),
     /// 200 after this delay.
@@ -80,8 +82,14 @@ impl Backend {
                                 )));
                             }
                             counter.fetch_add(1, Ordering::SeqCst);
-                            let _ = req.into_body().collect().await;
+                            let uri = req.uri().to_string();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             Ok(match mode {
+                                Mode::Echo => {
+                                    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                                    let json = serde_json::json!({ "service": name, "uri": uri, "body": body });
+                                    Response::new(Full::new(Bytes::from(json.to_string())))
+                                }
                                 Mode::Ok => Response::new(Full::new(Bytes::from(name))),
                                 Mode::Status(code) => {
                                     let mut res = Response::new(Full::new(Bytes::new()));
