@@ -75,6 +75,12 @@ pub struct CallConfig {
     /// fails on status.
     #[serde(default = "defaults::fail_on_status")]
     pub fail_on_status: u16,
+    /// Policies for this call, replacing its service's (the call then has
+    /// its own breaker and retry budget). The engine doesn't read it: the
+    /// caller (the gateway) picks the policy stack by [`CallName`](crate::CallName).
+    /// Default: the service's policies.
+    #[serde(default)]
+    pub policy: Option<switchyard_policy::PolicyConfig>,
 }
 
 /// What stands in for a failed call's result.
@@ -129,6 +135,7 @@ impl Default for CallConfig {
             required: defaults::required(),
             fallback: None,
             fail_on_status: DEFAULT_FAIL_ON_STATUS,
+            policy: None,
         }
     }
 }

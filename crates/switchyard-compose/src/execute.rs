@@ -53,6 +53,12 @@ pub trait CallService: Sync {
     ) -> impl Future<Output = Result<Response<Bytes>, CallError>> + Send;
 }
 
+/// The name of the call a request belongs to (a request extension), so a
+/// [`CallService`] can treat calls to the same service differently (for
+/// example with a call's own policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallName(pub String);
+
 /// Why a call failed, as the [`CallService`] (or the engine) reports it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
@@ -421,6 +427,7 @@ impl Run<'_> {
                 None => Bytes::new(),
             };
         let mut req = Request::new(body);
+        req.extensions_mut().insert(CallName(call.name.clone()));
         *req.method_mut() = call.method.clone();
         *req.uri_mut() = uri;
         let headers = req.headers_mut();

@@ -8,8 +8,8 @@ mod template;
 
 pub use config::{CallConfig, ComposeConfig, Fallback, ResponseConfig};
 pub use execute::{
-    CallError, CallService, ComposeError, ComposeRequest, ComposeResponse, DEGRADED_HEADER,
-    KIND_DEADLINE_EXCEEDED, KIND_DEPENDENCY_OMITTED, KIND_OMITTED, KIND_TEMPLATE,
+    CallError, CallName, CallService, ComposeError, ComposeRequest, ComposeResponse,
+    DEGRADED_HEADER, KIND_DEADLINE_EXCEEDED, KIND_DEPENDENCY_OMITTED, KIND_OMITTED, KIND_TEMPLATE,
     KIND_UPSTREAM_STATUS,
 };
 pub use plan::ComposePlan;

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use switchyard_compose::{CallError, CallService, ComposeError, ComposePlan, ComposeRequest};
+use switchyard_compose::{
+    CallError, CallName, CallService, ComposeError, ComposePlan, ComposeRequest,
+};
 use switchyard_policy::PolicyRequest;
 use switchyard_transport::Body;
 use tokio::time::Instant;
@@ -27,6 +29,8 @@ pub struct ComposeRoute {
     pub plan: ComposePlan,
     /// The upstream (policy stack and client) of each service the plan calls.
     pub services: HashMap<String, Upstream>,
+    /// The upstreams of calls with their own `policy`, by call name.
+    pub calls: HashMap<String, Upstream>,
     /// Largest response body read from one call.
     pub max_body: usize,
 }
@@ -106,9 +110,15 @@ impl CallService for Caller<'_> {
         request: Request<Bytes>,
         deadline: Instant,
     ) -> Result<Response<Bytes>, CallError> {
-        let upstream = self.route.services.get(service).ok_or_else(|| {
-            CallError::new("upstream", format!("no upstream for service {service:?}"))
-        })?;
+        let own = request
+            .extensions()
+            .get::<CallName>()
+            .and_then(|c| self.route.calls.get(&c.0));
+        let upstream = own
+            .or_else(|| self.route.services.get(service))
+            .ok_or_else(|| {
+                CallError::new("upstream", format!("no upstream for service {service:?}"))
+            })?;
         let (mut parts, body) = request.into_parts();
         for (name, value) in &self.carried {
             parts.headers.entry(name).or_insert_with(|| value.clone());

@@ -207,10 +207,21 @@ impl Runtime {
                             .ok_or_else(|| format!("unknown service {name:?}"))?;
                         called.insert(name.to_owned(), upstream(name, entry, &entry.policy));
                     }
+                    // Calls with their own policy get their own stack (and
+                    // breaker and budget) in front of the service's client.
+                    let mut calls = HashMap::new();
+                    for (name, call) in &compose.calls {
+                        if let (Some(pc), Some(entry)) = (&call.policy, services.get(&call.service))
+                        {
+                            let policy = policy_for(&call.service, pc, observer)?;
+                            calls.insert(name.clone(), upstream(&call.service, entry, &policy));
+                        }
+                    }
                     route_policies.push(None);
                     Handler::Compose(Arc::new(ComposeRoute {
                         plan,
                         services: called,
+                        calls,
                         max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
                     }))
                 }

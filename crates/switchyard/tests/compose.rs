@@ -42,6 +42,8 @@ service = "recs"
 path = "/recs"
 required = false
 fallback = {{ value = {{ items = [] }} }}
+# This call's own policy: recommendations are not worth waiting for.
+policy = {{ timeout = "100ms", retry = {{ max_attempts = 1 }} }}
 [routes.compose.response]
 body = {{ user = "{{user.body.uri}}", orders = "{{orders.body}}", recs = "{{recs.body}}" }}
 "#,
@@ -81,6 +83,13 @@ async fn composes_in_parallel_and_in_sequence_and_degrades_optional_calls() {
     assert_eq!(headers["x-switchyard-degraded"], "recs");
     let page: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["recs"], serde_json::json!({ "items": [] }));
+
+    // The call's own policy (100ms) cuts a slow answer the service's
+    // default (10s) would have waited for.
+    recs.set(Mode::Delay(std::time::Duration::from_millis(1500)));
+    let (status, headers, body) = get(&http, &gw.url("/page/42")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-degraded"], "recs");
 
     // A required call that fails ends the route with a problem naming it,
     // and the call that depends on it is never sent.

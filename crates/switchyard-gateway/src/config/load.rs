@@ -373,6 +373,14 @@ impl Config {
                 _ => {}
             }
             if let Some(compose) = &route.compose {
+                for (name, call) in &compose.calls {
+                    if let Some(Err(message)) = call.policy.as_ref().map(|pc| pc.validate()) {
+                        p(
+                            at(&format!("compose.calls.{name}.policy")),
+                            message.to_string(),
+                        );
+                    }
+                }
                 match switchyard_compose::ComposePlan::compile(compose, &|s: &str| {
                     self.services.contains_key(s)
                 }) {
