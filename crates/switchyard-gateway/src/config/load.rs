@@ -225,10 +225,22 @@ impl Config {
         }
         for (name, service) in &self.services {
             let at = |key: &str| format!("services.{name}.{key}");
-            if service.endpoints.is_empty() {
+            // Without static endpoints a service's instances come from the
+            // registry, so it needs one; `select` filters registry instances
+            // only and would be silently ignored next to a static list.
+            if service.endpoints.is_empty() && self.registry.is_none() {
                 p(
                     at("endpoints"),
-                    "no endpoints; list at least one, e.g. endpoints = [\"127.0.0.1:9001\"]".into(),
+                    "no endpoints; list at least one, e.g. endpoints = [\"127.0.0.1:9001\"], \
+                     or find the instances in a registry with [registry] embedded = true or url = \"http://...\""
+                        .into(),
+                );
+            }
+            if !service.endpoints.is_empty() && !service.select.is_empty() {
+                p(
+                    at("select"),
+                    "select filters registry instances; remove it, or remove endpoints to find the instances in the registry"
+                        .into(),
                 );
             }
             let mut seen = HashSet::new();
