@@ -1,6 +1,6 @@
 //! Reading a config file: parse, validate, and point at the line of any problem.
 
-use std::{collections::HashSet, fmt, path::Path};
+use std::{collections::HashSet, fmt, net::SocketAddr, path::Path};
 
 use toml::de::{DeTable, DeValue};
 
@@ -236,6 +236,18 @@ impl Config {
                         .into(),
                 );
             }
+            if service.endpoints.is_empty()
+                && self.registry.is_some()
+                && let Err(err) = switchyard_discovery::registry::validate_service_name(name)
+            {
+                p(
+                    at("endpoints"),
+                    format!(
+                        "without endpoints the service is found in the registry by its name, and {}",
+                        err.detail()
+                    ),
+                );
+            }
             if !service.endpoints.is_empty() && !service.select.is_empty() {
                 p(
                     at("select"),
@@ -307,6 +319,36 @@ impl Config {
             }
             if let Err(err) = switchyard_discovery::registry::validate_ttl(reg.ttl) {
                 p(at("ttl"), err.detail().to_owned());
+            }
+            // What the registry would refuse at run time (so the sidecar
+            // would retry forever) is refused here, at load.
+            let id = reg.id.clone().unwrap_or_else(|| reg.addr.to_string());
+            if let Err(err) =
+                switchyard_discovery::registry::validate_instance_id(&id).and_then(|()| {
+                    switchyard_discovery::registry::validate_owner(&format!("switchyard:{id}"))
+                })
+            {
+                p(at("id"), err.detail().to_owned());
+            }
+            if reg.weight == 0 || reg.weight > switchyard_discovery::registry::MAX_WEIGHT {
+                p(
+                    at("weight"),
+                    format!(
+                        "{} is outside 1 to {}",
+                        reg.weight,
+                        switchyard_discovery::registry::MAX_WEIGHT
+                    ),
+                );
+            }
+            let mut labels = switchyard_discovery::registry::Registration::new(
+                "labels",
+                "labels",
+                SocketAddr::from(([127, 0, 0, 1], 1)),
+                "labels",
+            );
+            labels.metadata = reg.metadata.clone();
+            if let Err(err) = labels.validate() {
+                p(at("metadata"), err.detail().to_owned());
             }
             if reg.addr.port() == 0 || reg.addr.ip().is_unspecified() {
                 p(

@@ -132,3 +132,28 @@ fn a_service_without_endpoints_is_found_in_the_registry() {
     ));
     assert_eq!(e.key, "services.catalog.select", "{e}");
 }
+
+#[test]
+fn a_registration_the_registry_would_refuse_is_refused_at_load() {
+    let base = format!(
+        "{GOOD}\n[registry]\nembedded = true\n\n[[register]]\nservice = \"users\"\naddr = \"127.0.0.1:9201\"\n"
+    );
+    Config::parse(&base, "gw.toml").unwrap();
+    for (extra, key) in [
+        ("weight = 0", "register[0].weight"),
+        ("weight = 20000", "register[0].weight"),
+        ("id = \"a b\"", "register[0].id"),
+        ("ttl = \"2h\"", "register[0].ttl"),
+        ("metadata = { \"bad key\" = \"v\" }", "register[0].metadata"),
+        ("check = { http = \"healthz\" }", "register[0].check.http"),
+        (
+            "check = { http = \"/healthz\", tcp = true }",
+            "register[0].check",
+        ),
+    ] {
+        let e = err(&format!("{base}{extra}\n"));
+        assert_eq!(e.key, key, "{extra}: {e}");
+    }
+    let e = err(&base.replace("[registry]\nembedded = true\n", ""));
+    assert_eq!(e.key, "register[0].service", "{e}");
+}
