@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/services`,
-//! `POST /admin/reload`.
+//! `POST /admin/reload`, and `/v1/registry` when this process hosts the
+//! registry.
 //!
 //! It listens on its own port (loopback by default) so operators' traffic
 //! never competes with clients' and can't be reached through a route.
@@ -42,14 +43,24 @@ pub(crate) fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-pub(crate) fn router(shared: Arc<Shared>, token_sha256: Option<&str>) -> axum::Router {
-    let router = axum::Router::new()
+/// The admin API, with `extra` routes (the hosted registry's API) merged in
+/// before the token check so that a token guards them too: the registry API
+/// can redirect traffic, so it is no less sensitive than `/admin/reload`.
+pub(crate) fn router(
+    shared: Arc<Shared>,
+    token_sha256: Option<&str>,
+    extra: Option<axum::Router>,
+) -> axum::Router {
+    let mut router = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/admin/services", get(services))
         .route("/admin/reload", post(reload))
         .with_state(shared);
+    if let Some(extra) = extra {
+        router = router.merge(extra);
+    }
     match token_sha256.and_then(crate::auth::config::parse_sha256_hex) {
         Some(expected) => router.layer(axum::middleware::from_fn(move |req, next| {
             check_token(expected, req, next)

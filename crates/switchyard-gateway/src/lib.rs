@@ -241,10 +241,11 @@ impl Gateway {
         }
         {
             let signal = wait_for(shutdown.subscribe());
-            let mut app = admin::router(shared.clone(), config.admin.token_sha256.as_deref());
-            if let Some(hosted) = hosted {
-                app = app.merge(registry_http::router(hosted));
-            }
+            let app = admin::router(
+                shared.clone(),
+                config.admin.token_sha256.as_deref(),
+                hosted.map(registry_http::router),
+            );
             eprintln!("switchyard: admin on {admin_addr}");
             // Registry watches never end on their own, so the admin listener
             // closes its connections at shutdown rather than waiting for them.

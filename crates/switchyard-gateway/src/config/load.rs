@@ -1,6 +1,6 @@
 //! Reading a config file: parse, validate, and point at the line of any problem.
 
-use std::{collections::HashSet, fmt, path::Path};
+use std::{collections::HashSet, fmt, net::SocketAddr, path::Path};
 
 use toml::de::{DeTable, DeValue};
 
@@ -225,18 +225,34 @@ impl Config {
         }
         for (name, service) in &self.services {
             let at = |key: &str| format!("services.{name}.{key}");
+            // Without static endpoints a service's instances come from the
+            // registry, so it needs one; `select` filters registry instances
+            // only and would be silently ignored next to a static list.
             if service.endpoints.is_empty() && self.registry.is_none() {
                 p(
                     at("endpoints"),
-                    "no endpoints and no [registry]; list endpoints, e.g. endpoints = [\"127.0.0.1:9001\"], \
-                     or configure a registry to find its instances"
+                    "no endpoints; list at least one, e.g. endpoints = [\"127.0.0.1:9001\"], \
+                     or find the instances in a registry with [registry] embedded = true or url = \"http://...\""
                         .into(),
                 );
             }
-            if !service.select.is_empty() && !service.endpoints.is_empty() {
+            if service.endpoints.is_empty()
+                && self.registry.is_some()
+                && let Err(err) = switchyard_discovery::registry::validate_service_name(name)
+            {
+                p(
+                    at("endpoints"),
+                    format!(
+                        "without endpoints the service is found in the registry by its name, and {}",
+                        err.detail()
+                    ),
+                );
+            }
+            if !service.endpoints.is_empty() && !service.select.is_empty() {
                 p(
                     at("select"),
-                    "select filters registry instances; this service lists static endpoints".into(),
+                    "select filters registry instances; remove it, or remove endpoints to find the instances in the registry"
+                        .into(),
                 );
             }
             let mut seen = HashSet::new();
@@ -303,6 +319,36 @@ impl Config {
             }
             if let Err(err) = switchyard_discovery::registry::validate_ttl(reg.ttl) {
                 p(at("ttl"), err.detail().to_owned());
+            }
+            // What the registry would refuse at run time (so the sidecar
+            // would retry forever) is refused here, at load.
+            let id = reg.id.clone().unwrap_or_else(|| reg.addr.to_string());
+            if let Err(err) =
+                switchyard_discovery::registry::validate_instance_id(&id).and_then(|()| {
+                    switchyard_discovery::registry::validate_owner(&format!("switchyard:{id}"))
+                })
+            {
+                p(at("id"), err.detail().to_owned());
+            }
+            if reg.weight == 0 || reg.weight > switchyard_discovery::registry::MAX_WEIGHT {
+                p(
+                    at("weight"),
+                    format!(
+                        "{} is outside 1 to {}",
+                        reg.weight,
+                        switchyard_discovery::registry::MAX_WEIGHT
+                    ),
+                );
+            }
+            let mut labels = switchyard_discovery::registry::Registration::new(
+                "labels",
+                "labels",
+                SocketAddr::from(([127, 0, 0, 1], 1)),
+                "labels",
+            );
+            labels.metadata = reg.metadata.clone();
+            if let Err(err) = labels.validate() {
+                p(at("metadata"), err.detail().to_owned());
             }
             if reg.addr.port() == 0 || reg.addr.ip().is_unspecified() {
                 p(

@@ -17,7 +17,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
     time::Duration,
@@ -50,6 +50,7 @@ pub enum Mode {
 pub struct Backend {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
     mode: watch::Sender<Mode>,
     stop: watch::Sender<bool>,
 }
@@ -59,9 +60,11 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
         let (mode, mode_rx) = watch::channel(Mode::Ok);
         let (stop, mut stop_rx) = watch::channel(false);
         let counter = hits.clone();
+        let health = healthy.clone();
         tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -71,15 +74,24 @@ impl Backend {
                 };
                 let mode_rx = mode_rx.clone();
                 let counter = counter.clone();
+                let health = health.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let mode = *mode_rx.borrow();
                         let counter = counter.clone();
+                        let healthy = health.load(Ordering::SeqCst);
                         async move {
                             if req.uri().path() == "/healthz" {
-                                return Ok::<_, Infallible>(Response::new(Full::new(
-                                    Bytes::from_static(b"ok"),
-                                )));
+                                let mut res =
+                                    Response::new(Full::new(Bytes::from_static(if healthy {
+                                        b"ok"
+                                    } else {
+                                        b"sick"
+                                    })));
+                                if !healthy {
+                                    *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                                }
+                                return Ok::<_, Infallible>(res);
                             }
                             counter.fetch_add(1, Ordering::SeqCst);
                             let uri = req.uri().to_string();
@@ -114,6 +126,7 @@ impl Backend {
         Backend {
             addr,
             hits,
+            healthy,
             mode,
             stop,
         }
@@ -121,6 +134,12 @@ impl Backend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Makes `/healthz` answer 200 (`true`, the default) or 503 (`false`);
+    /// other paths keep answering as the mode says.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
     }
 
     pub fn set(&self, mode: Mode) {
@@ -144,14 +163,15 @@ pub struct Switchyard {
 
 impl Switchyard {
     pub fn start(config_text: &str) -> Switchyard {
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-test-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir();
         let config = dir.join("switchyard.toml");
         std::fs::write(&config, config_text).unwrap();
+        Switchyard::start_file(config)
+    }
+
+    /// Runs `switchyard serve -c config` on a config file already written
+    /// (e.g. to start a killed process again with the same file and data).
+    pub fn start_file(config: PathBuf) -> Switchyard {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "-c"])
             .arg(&config)
@@ -230,11 +250,51 @@ impl Switchyard {
     }
 }
 
+impl Switchyard {
+    /// Kills the process with SIGKILL (no shutdown, no deregistration) and
+    /// reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for Switchyard {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-test-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A loopback port that was free a moment ago, for a config that must name
+/// its port (a process restarted on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the `switchyard` binary with `args` and returns its output.
+pub fn switchyard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("SWITCHYARD_REGISTRY")
+        .output()
+        .unwrap()
 }
 
 fn unique() -> usize {

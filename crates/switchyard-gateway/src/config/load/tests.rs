@@ -105,3 +105,55 @@ fn unreadable_files_say_so() {
     assert_eq!(e.line, 0);
     assert!(e.message.contains("cannot read"), "{e}");
 }
+
+#[test]
+fn a_service_without_endpoints_is_found_in_the_registry() {
+    let registry = "\n[registry]\nurl = \"http://127.0.0.1:9901\"\n";
+    let text = GOOD.replace(
+        "endpoints = [\"127.0.0.1:9001\", { addr = \"127.0.0.1:9002\", weight = 2 }]",
+        "select = { version = \"v2\" }",
+    );
+    let config = Config::parse(&format!("{text}{registry}"), "gw.toml").unwrap();
+    assert!(config.services["catalog"].endpoints.is_empty());
+    assert_eq!(config.services["catalog"].select["version"], "v2");
+
+    // Without a registry there is nowhere to find them.
+    let e = err(&text);
+    assert_eq!(e.key, "services.catalog.endpoints", "{e}");
+    assert!(e.message.contains("[registry]"), "{e}");
+
+    // `select` next to static endpoints would be ignored: refused.
+    let e = err(&format!(
+        "{}{registry}",
+        GOOD.replace(
+            "[services.catalog.policy]",
+            "select = { version = \"v2\" }\n\n[services.catalog.policy]"
+        )
+    ));
+    assert_eq!(e.key, "services.catalog.select", "{e}");
+}
+
+#[test]
+fn a_registration_the_registry_would_refuse_is_refused_at_load() {
+    let base = format!(
+        "{GOOD}\n[registry]\nembedded = true\n\n[[register]]\nservice = \"users\"\naddr = \"127.0.0.1:9201\"\n"
+    );
+    Config::parse(&base, "gw.toml").unwrap();
+    for (extra, key) in [
+        ("weight = 0", "register[0].weight"),
+        ("weight = 20000", "register[0].weight"),
+        ("id = \"a b\"", "register[0].id"),
+        ("ttl = \"2h\"", "register[0].ttl"),
+        ("metadata = { \"bad key\" = \"v\" }", "register[0].metadata"),
+        ("check = { http = \"healthz\" }", "register[0].check.http"),
+        (
+            "check = { http = \"/healthz\", tcp = true }",
+            "register[0].check",
+        ),
+    ] {
+        let e = err(&format!("{base}{extra}\n"));
+        assert_eq!(e.key, key, "{extra}: {e}");
+    }
+    let e = err(&base.replace("[registry]\nembedded = true\n", ""));
+    assert_eq!(e.key, "register[0].service", "{e}");
+}
