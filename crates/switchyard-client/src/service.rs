@@ -280,7 +280,20 @@ impl Shared {
 
     /// Records a finished request against `endpoint`.
     fn record(&self, endpoint: &EndpointState, now: Instant, rtt_ns: f64, failed: bool) {
-        endpoint.ewma.lock().observe(rtt_ns, now, self.decay_ns);
+        {
+            // A failure is no evidence that an endpoint is fast: a refused
+            // connection answers in microseconds, and counting that as its
+            // latency would make a dead endpoint the balancer's favourite
+            // until it is ejected. A failure keeps the estimate (or raises
+            // it, when it was slow).
+            let mut ewma = endpoint.ewma.lock();
+            let rtt_ns = if failed {
+                rtt_ns.max(ewma.estimate_ns())
+            } else {
+                rtt_ns
+            };
+            ewma.observe(rtt_ns, now, self.decay_ns);
+        }
         endpoint.requests.fetch_add(1, Ordering::Relaxed);
         endpoint.window_requests.fetch_add(1, Ordering::Relaxed);
         endpoint
