@@ -16,7 +16,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
@@ -43,11 +43,20 @@ pub enum Mode {
     Delay(Duration),
 }
 
-/// A loopback HTTP backend that counts hits and can be told to fail, slow
-/// down or die.
+/// One request a backend received (health checks aside).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Path and query as received.
+    pub path: String,
+    pub headers: http::HeaderMap,
+}
+
+/// A loopback HTTP backend that counts hits, records what it received, and
+/// can be told to fail, slow down or die.
 pub struct Backend {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     mode: watch::Sender<Mode>,
     stop: watch::Sender<bool>,
 }
@@ -60,6 +69,8 @@ impl Backend {
         let (mode, mode_rx) = watch::channel(Mode::Ok);
         let (stop, mut stop_rx) = watch::channel(false);
         let counter = hits.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorder = seen.clone();
         tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -69,16 +80,25 @@ impl Backend {
                 };
                 let mode_rx = mode_rx.clone();
                 let counter = counter.clone();
+                let recorder = recorder.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let mode = *mode_rx.borrow();
                         let counter = counter.clone();
+                        let recorder = recorder.clone();
                         async move {
                             if req.uri().path() == "/healthz" {
                                 return Ok::<_, Infallible>(Response::new(Full::new(
                                     Bytes::from_static(b"ok"),
                                 )));
                             }
+                            recorder.lock().unwrap().push(Seen {
+                                path: req
+                                    .uri()
+                                    .path_and_query()
+                                    .map_or("/".to_owned(), |pq| pq.as_str().to_owned()),
+                                headers: req.headers().clone(),
+                            });
                             counter.fetch_add(1, Ordering::SeqCst);
                             let _ = req.into_body().collect().await;
                             Ok(match mode {
@@ -106,6 +126,7 @@ impl Backend {
         Backend {
             addr,
             hits,
+            seen,
             mode,
             stop,
         }
@@ -113,6 +134,21 @@ impl Backend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the backend received a request")
     }
 
     pub fn set(&self, mode: Mode) {
@@ -229,6 +265,38 @@ impl Drop for Switchyard {
     }
 }
 
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-{tag}-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Sends `GET target` over a fresh connection exactly as written (no client
+/// library normalizing the path) and returns the response status.
+pub async fn raw_get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .unwrap_or_else(|| panic!("no status line for {target}: {text:?}"));
+    status.parse().unwrap()
+}
+
 fn unique() -> usize {
     static N: AtomicUsize = AtomicUsize::new(0);
     N.fetch_add(1, Ordering::SeqCst)
@@ -242,11 +310,21 @@ pub fn client() -> HttpClient {
 
 /// Sends a request and returns status, headers and body.
 pub async fn send(client: &HttpClient, method: &str, url: &str) -> (u16, http::HeaderMap, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    send_with(client, method, url, &[]).await
+}
+
+/// Sends a request with extra headers and returns status, headers and body.
+pub async fn send_with(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
     let res = client.request(req).await.unwrap();
     let status = res.status().as_u16();
     let headers = res.headers().clone();
