@@ -912,3 +912,63 @@ async fn redis_outage_fails_open_with_a_local_fallback_or_closed_as_configured()
     assert_eq!(count(&statuses, 200), 10 - 3 - 1, "{statuses:?}");
     assert_eq!(count(&statuses, 429), 4, "{statuses:?}");
 }
+
+// ---------------------------------------------------------------- admin
+
+#[tokio::test]
+async fn an_admin_listener_beyond_loopback_needs_a_token() {
+    let backend = Backend::start("app").await;
+    let open_admin = gateway(
+        backend.addr,
+        "",
+        "[[routes]]\npath = \"/{*rest}\"\nservice = \"app\"\n",
+    )
+    .replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"0.0.0.0:0\"",
+    );
+    assert!(open_admin.contains("0.0.0.0:0"));
+    let dir = temp_dir("admin");
+    let path = dir.join("open.toml");
+    std::fs::write(&path, &open_admin).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("token_sha256"), "{stderr}");
+
+    // With a token hash it starts, and every admin request needs the token.
+    let token = "admin-token-0123456789";
+    let with_token = open_admin.replace(
+        "listen = \"0.0.0.0:0\"",
+        &format!(
+            "listen = \"0.0.0.0:0\"\ntoken_sha256 = \"{}\"",
+            sha256_hex(token)
+        ),
+    );
+    let sy = Switchyard::start(&with_token);
+    let admin = format!("http://127.0.0.1:{}", sy.admin.port());
+    let c = client();
+    let (status, _, _) = get(&c, &format!("{admin}/admin/services")).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = send_with(
+        &c,
+        "GET",
+        &format!("{admin}/admin/services"),
+        &[("authorization", "Bearer wrong-token")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let bearer = format!("Bearer {token}");
+    let (status, _, _) = send_with(
+        &c,
+        "GET",
+        &format!("{admin}/admin/services"),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, 200);
+}
