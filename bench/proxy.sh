@@ -68,44 +68,18 @@ else
     WARMUP=${WARMUP:-2}; IDLE_CONNS=${IDLE_CONNS:-10000}
 fi
 
-log() { printf '[proxy.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=proxy.sh
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 # ---------------------------------------------------------------- tools
-need_apt=()
-command -v wrk >/dev/null || need_apt+=(wrk)
-command -v haproxy >/dev/null || need_apt+=(haproxy)
-command -v nginx >/dev/null || need_apt+=(nginx-light)
-command -v curl >/dev/null || need_apt+=(curl)
-if [ "${#need_apt[@]}" -gt 0 ]; then
-    log "installing ${need_apt[*]} (apt-get)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+ensure_apt wrk=wrk haproxy=haproxy nginx=nginx-light curl=curl
 command -v python3 >/dev/null || die "python3 is needed (idle-connection client, summary)"
 
-OHA=""
-if command -v oha >/dev/null; then
-    OHA=$(command -v oha)
-elif [ -x "$HERE/.tools/bin/oha" ]; then
-    OHA="$HERE/.tools/bin/oha"
-else
-    log "installing oha into bench/.tools (cargo install --locked; a few minutes, once)"
-    if cargo install --quiet --locked --root "$HERE/.tools" oha >&2; then
-        OHA="$HERE/.tools/bin/oha"
-    else
-        log "oha could not be installed: latency falls back to wrk (closed loop, no coordinated-omission correction)"
-    fi
-fi
+find_oha install
+[ -n "$OHA" ] || log "no oha: latency falls back to wrk (closed loop, no coordinated-omission correction)"
 
-if [ -n "${SWITCHYARD_BIN:-}" ]; then
-    SY=$SWITCHYARD_BIN
-else
-    log "building switchyard (cargo build --release -p switchyard)"
-    (cd "$ROOT" && cargo build --quiet --release -p switchyard) || die "switchyard build failed"
-    SY="$ROOT/target/release/switchyard"
-fi
-[ -x "$SY" ] || die "no switchyard binary at $SY"
+build_switchyard
 
 # ---------------------------------------------------------------- setup
 # Every proxy and the Python client need room for IDLE_CONNS sockets.
@@ -132,11 +106,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all picked at once so none repeats.
-read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(7)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in ss])')
+read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN < <(free_ports 7)
 
 MAXCONN=$((IDLE_CONNS + 500))
 
@@ -250,39 +220,11 @@ if [ "$NO_POLICIES" = 1 ]; then
     "$SY" config check "$TMP/switchyard-nopol.toml" >&2 || die "switchyard no-policies config rejected"
 fi
 
-wait_http() { # name port pid
-    local i
-    for i in $(seq 1 100); do
-        if curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$2/"; then return 0; fi
-        kill -0 "$3" 2>/dev/null || die "$1 exited at start (see above)"
-        sleep 0.1
-    done
-    die "$1 did not answer on 127.0.0.1:$2 within 10s"
-}
-
-cpu_ticks() { # pid → user+system CPU ticks of the process and its direct children
-    local total=0 p v
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
-rss_kb() { # pid → RSS of the process and its direct children, in KiB
-    local total=0 p v
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
 declare -A PORT PID
 log "starting backend (nginx) on :$P_BACKEND"
 nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
 PIDS+=($!); PID[direct]=$!; PORT[direct]=$P_BACKEND
-wait_http backend "$P_BACKEND" "${PID[direct]}"
+wait_http backend "http://127.0.0.1:$P_BACKEND/" "${PID[direct]}"
 
 log "starting haproxy (nbthread $WORKERS) on :$P_HAPROXY"
 haproxy -db -f "$TMP/haproxy.cfg" &
@@ -305,7 +247,7 @@ if [ "$NO_POLICIES" = 1 ]; then
     TARGETS+=(switchyard-nopol)
     PROXIES+=(switchyard-nopol)
 fi
-for t in "${PROXIES[@]}"; do wait_http "$t" "${PORT[$t]}" "${PID[$t]}"; done
+for t in "${PROXIES[@]}"; do wait_http "$t" "http://127.0.0.1:${PORT[$t]}/" "${PID[$t]}"; done
 
 # Check the worker count really is what we asked for.
 SY_THREADS=$(ls "/proc/${PID[switchyard]}/task" | wc -l)
@@ -321,18 +263,13 @@ declare -A RSS_START
 for t in "${PROXIES[@]}"; do RSS_START[$t]=$(rss_kb "${PID[$t]}"); done
 
 # ---------------------------------------------------------------- throughput
-rotate() { # round → targets in a rotated order
-    local n=${#TARGETS[@]} i
-    for i in $(seq 0 $((n - 1))); do echo "${TARGETS[$(((i + $1) % n))]}"; done
-}
-
 log "warm-up: ${WARMUP}s of wrk per target"
 for t in "${TARGETS[@]}"; do
     wrk -t "$WRK_THREADS" -c "$CONNS" -d "${WARMUP}s" "http://127.0.0.1:${PORT[$t]}/" >/dev/null
 done
 
 for r in $(seq 1 "$ROUNDS"); do
-    for t in $(rotate "$r"); do
+    for t in $(rotate "$r" "${TARGETS[@]}"); do
         log "throughput round $r/$ROUNDS: $t (wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s)"
         c0=$(cpu_ticks "${PID[$t]}")
         wrk -t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --latency \
@@ -350,7 +287,7 @@ if [ -n "$OHA" ] && "$OHA" --help 2>/dev/null | grep -q -- '--output-format'; th
     oha_json_flag="--output-format json"
 fi
 for r in $(seq 1 "$LAT_ROUNDS"); do
-    for t in $(rotate "$r"); do
+    for t in $(rotate "$r" "${TARGETS[@]}"); do
         if [ "$LAT_TOOL" = oha ]; then
             log "latency round $r/$LAT_ROUNDS: $t (oha -q $RATE -c $OHA_CONNS -z ${LAT_DURATION}s --latency-correction)"
             # shellcheck disable=SC2086

@@ -205,11 +205,7 @@ impl LimitRejection {
         if let Some(id) = request_id {
             problem = problem.instance(id);
         }
-        let mut res = problem.into_response();
-        for (name, value) in self.headers() {
-            res.headers_mut().insert(name, value);
-        }
-        res
+        problem.into_response()
     }
 }
 

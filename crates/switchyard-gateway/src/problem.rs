@@ -9,6 +9,8 @@
 //! | `content-type` | `application/problem+json` |
 //! | `x-switchyard-error` | the cause's stable kind, e.g. `breaker-open` |
 //! | `retry-after` | whole seconds (rounded up, at least 1) when the policy knows when to come back |
+//! | `www-authenticate` | on `401 unauthenticated`: the challenge |
+//! | `ratelimit-policy`, `ratelimit` | on a call limit's refusal: the refusing policy and what is left of it |
 //! | body `type` | `https://switchyard.dev/problems/<kind>` |
 //! | body `title`, `status`, `detail` | a short fixed title, the status code, and what happened |
 //! | body `instance` | the request's `x-request-id` |
@@ -49,7 +51,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use switchyard_policy::{Error, is_caused_by};
 use switchyard_transport::Body;
 
@@ -129,9 +131,11 @@ pub struct Problem {
     instance: Option<String>,
     retry_after: Option<Duration>,
     close: bool,
-    /// The `WWW-Authenticate` challenge of a 401 (boxed: it keeps `Problem`
-    /// small enough to return by value in a `Result`).
-    challenge: Option<Box<str>>,
+    /// Fields the cause adds: a 401's `WWW-Authenticate` challenge, a
+    /// call limit's `RateLimit-Policy` and `RateLimit` (a boxed slice: it
+    /// keeps `Problem` small enough to return by value in a `Result`, and
+    /// an empty one allocates nothing).
+    fields: Box<[(HeaderName, HeaderValue)]>,
 }
 
 impl Problem {
@@ -145,7 +149,7 @@ impl Problem {
             instance: None,
             retry_after: None,
             close: false,
-            challenge: None,
+            fields: Box::default(),
         }
     }
 
@@ -255,8 +259,8 @@ impl Problem {
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Some(challenge) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        for (name, value) in self.fields {
+            headers.insert(name, value);
         }
         res
     }
@@ -295,7 +299,9 @@ impl Problem {
             "Unauthenticated",
         )
         .detail(detail);
-        p.challenge = Some(www_authenticate.into().into_boxed_str());
+        if let Ok(challenge) = HeaderValue::from_str(&www_authenticate.into()) {
+            p.fields = Box::new([(header::WWW_AUTHENTICATE, challenge)]);
+        }
         p
     }
 
@@ -314,9 +320,8 @@ impl Problem {
     /// The answer to a call refused by a call limit
     /// ([`limits`](crate::limits)): 429 `rate-limited`, `quota-exceeded` or
     /// `concurrency-limited` with `retry-after`, or 503 `limits-unavailable`
-    /// when a shared limit can't reach Redis in `fail_closed` mode. The
-    /// `RateLimit-Policy` and `RateLimit` fields are added by
-    /// [`LimitRejection::into_response`](crate::limits::LimitRejection::into_response).
+    /// when a shared limit can't reach Redis in `fail_closed` mode, with
+    /// the refusing policy's `RateLimit-Policy` and `RateLimit` fields.
     pub fn call_limited(rejection: &crate::limits::LimitRejection) -> Self {
         use crate::limits::LimitReason;
         let title = match rejection.reason {
@@ -328,6 +333,13 @@ impl Problem {
         let mut problem = Self::new(rejection.status(), rejection.reason.kind(), title)
             .detail(rejection.to_string());
         problem.retry_after = Some(rejection.retry_after);
+        // The refusing policy's fields travel with the answer, so a client
+        // learns the limit it hit (and when it is whole again) from the 429.
+        problem.fields = rejection
+            .headers()
+            .into_iter()
+            .filter(|(name, _)| name != header::RETRY_AFTER)
+            .collect();
         problem
     }
 }

@@ -16,7 +16,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
@@ -45,12 +45,21 @@ pub enum Mode {
     Delay(Duration),
 }
 
+/// One request a backend received (health checks aside).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Path and query as received.
+    pub path: String,
+    pub headers: http::HeaderMap,
+}
+
 /// A loopback HTTP backend that counts hits and can be told to fail, slow
 /// down or die.
 pub struct Backend {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     mode: watch::Sender<Mode>,
     stop: watch::Sender<bool>,
 }
@@ -65,6 +74,8 @@ impl Backend {
         let (stop, mut stop_rx) = watch::channel(false);
         let counter = hits.clone();
         let health = healthy.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorder = seen.clone();
         tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -75,11 +86,13 @@ impl Backend {
                 let mode_rx = mode_rx.clone();
                 let counter = counter.clone();
                 let health = health.clone();
+                let recorder = recorder.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let mode = *mode_rx.borrow();
                         let counter = counter.clone();
                         let healthy = health.load(Ordering::SeqCst);
+                        let recorder = recorder.clone();
                         async move {
                             if req.uri().path() == "/healthz" {
                                 let mut res =
@@ -94,6 +107,13 @@ impl Backend {
                                 return Ok::<_, Infallible>(res);
                             }
                             counter.fetch_add(1, Ordering::SeqCst);
+                            recorder.lock().unwrap().push(Seen {
+                                path: req
+                                    .uri()
+                                    .path_and_query()
+                                    .map_or("/".to_owned(), |pq| pq.as_str().to_owned()),
+                                headers: req.headers().clone(),
+                            });
                             let uri = req.uri().to_string();
                             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             Ok(match mode {
@@ -127,6 +147,7 @@ impl Backend {
             addr,
             hits,
             healthy,
+            seen,
             mode,
             stop,
         }
@@ -134,6 +155,21 @@ impl Backend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the backend received a request")
     }
 
     /// Makes `/healthz` answer 200 (`true`, the default) or 503 (`false`);
@@ -163,7 +199,7 @@ pub struct Switchyard {
 
 impl Switchyard {
     pub fn start(config_text: &str) -> Switchyard {
-        let dir = temp_dir();
+        let dir = temp_dir("test");
         let config = dir.join("switchyard.toml");
         std::fs::write(&config, config_text).unwrap();
         Switchyard::start_file(config)
@@ -266,10 +302,10 @@ impl Drop for Switchyard {
     }
 }
 
-/// A fresh directory under the system temp dir.
-pub fn temp_dir() -> PathBuf {
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
-        "switchyard-test-{}-{}",
+        "switchyard-{tag}-{}-{}",
         std::process::id(),
         unique()
     ));
@@ -310,11 +346,21 @@ pub fn client() -> HttpClient {
 
 /// Sends a request and returns status, headers and body.
 pub async fn send(client: &HttpClient, method: &str, url: &str) -> (u16, http::HeaderMap, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    send_with(client, method, url, &[]).await
+}
+
+/// Sends a request with extra headers and returns status, headers and body.
+pub async fn send_with(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
     let res = client.request(req).await.unwrap();
     let status = res.status().as_u16();
     let headers = res.headers().clone();
@@ -353,4 +399,25 @@ service = "app"
 "#,
         endpoints.join(", ")
     )
+}
+
+/// Sends `GET target` over a fresh connection exactly as written (no client
+/// library normalizing the path) and returns the response status.
+pub async fn raw_get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .unwrap_or_else(|| panic!("no status line for {target}: {text:?}"));
+    status.parse().unwrap()
 }

@@ -1,0 +1,100 @@
+# bench/lib.sh — helpers shared by the bench/*.sh scripts; source it after
+# setting BENCH_NAME (the prefix of log lines) and HERE/ROOT.
+#
+#   log MSG / die MSG          timestamped lines on stderr; die exits 1
+#   ensure_apt CMD=PKG...      apt-get install the packages whose command is missing
+#   find_oha [install]         sets OHA to an oha binary ($OHA, PATH, bench/.tools),
+#                              with `install` running `cargo install` into bench/.tools
+#   build_switchyard           sets SY ($SWITCHYARD_BIN or a fresh release build)
+#   free_ports N               prints N distinct free loopback ports
+#   wait_http NAME URL PID [CURL_ARGS...]   waits until URL answers 2xx
+#   cpu_ticks PID / rss_kb PID  CPU ticks / RSS of a process and its children
+#   rotate ROUND NAMES...      NAMES in an order rotated by ROUND
+# shellcheck shell=bash
+
+log() { printf '[%s %s] %s\n' "${BENCH_NAME:-bench}" "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+ensure_apt() { # cmd=package ...
+    local need=() pair
+    for pair in "$@"; do
+        command -v "${pair%%=*}" >/dev/null || need+=("${pair#*=}")
+    done
+    if [ "${#need[@]}" -gt 0 ]; then
+        log "installing ${need[*]} (apt-get)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+}
+
+find_oha() { # [install]
+    if [ -n "${OHA:-}" ] && [ -x "$OHA" ]; then return 0; fi
+    OHA=""
+    if command -v oha >/dev/null; then
+        OHA=$(command -v oha)
+    elif [ -x "$HERE/.tools/bin/oha" ]; then
+        OHA="$HERE/.tools/bin/oha"
+    elif [ "${1:-}" = install ]; then
+        log "installing oha into bench/.tools (cargo install --locked; a few minutes, once)"
+        if cargo install --quiet --locked --root "$HERE/.tools" oha >&2; then
+            OHA="$HERE/.tools/bin/oha"
+        else
+            log "oha could not be installed"
+        fi
+    fi
+}
+
+build_switchyard() {
+    if [ -n "${SWITCHYARD_BIN:-}" ]; then
+        SY=$SWITCHYARD_BIN
+    else
+        log "building switchyard (cargo build --release -p switchyard)"
+        (cd "$ROOT" && cargo build --quiet --release -p switchyard) || die "switchyard build failed"
+        SY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard"
+    fi
+    [ -x "$SY" ] || die "no switchyard binary at $SY"
+}
+
+free_ports() { # n → n distinct free ports, all picked at once so none repeats
+    python3 -c '
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])' "$1"
+}
+
+wait_http() { # name url pid [curl args...]
+    local name=$1 url=$2 pid=$3 i
+    shift 3
+    for i in $(seq 1 100); do
+        if curl -fs -o /dev/null --max-time 1 "$@" "$url"; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || die "$name exited at start (see above)"
+        sleep 0.1
+    done
+    die "$name did not answer on $url within 10s"
+}
+
+cpu_ticks() { # pid → user+system CPU ticks of the process and its direct children
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+rss_kb() { # pid → RSS of the process and its direct children, in KiB
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+rotate() { # round names... → the names in an order rotated by round
+    local r=$1
+    shift
+    local names=("$@") n=$# i
+    for i in $(seq 0 $((n - 1))); do echo "${names[$(((i + r) % n))]}"; done
+}
