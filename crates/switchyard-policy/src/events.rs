@@ -5,7 +5,7 @@
 //! `metrics` facade) and exports from there. Without an observer, reporting
 //! costs one branch per event.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use crate::{Outcome, breaker::State};
 
@@ -207,6 +207,90 @@ impl Observer for MetricsObserver {
                 counter!("switchyard_policy_fallbacks_total", "service" => service.to_owned(), "kind" => kind)
                     .increment(1);
             }
+        }
+    }
+}
+
+/// A [`MetricsObserver`] that keeps the metric handles of the per-call
+/// series (`switchyard_policy_calls_total`,
+/// `switchyard_policy_call_duration_seconds` and
+/// `switchyard_policy_attempts_total`, per service and outcome) once created.
+///
+/// The plain observer builds owned label strings and has the recorder look
+/// up each series on every event, which is most of what the policy stack
+/// costs per call; this one does that once per (service, outcome) and then
+/// only looks the service up in a map. The handles belong to the recorder
+/// installed when they were first needed, so create the observer after the
+/// global recorder is set. Other events go through [`MetricsObserver`].
+#[derive(Debug, Default)]
+pub struct CachedMetricsObserver {
+    services: parking_lot::Mutex<HashMap<Box<str>, ServiceSeries>>,
+}
+
+/// The cached handles of one service, per outcome (a handful each).
+#[derive(Debug, Default)]
+struct ServiceSeries {
+    calls: Vec<(Outcome, metrics::Counter, metrics::Histogram)>,
+    attempts: Vec<(Outcome, metrics::Counter)>,
+}
+
+impl CachedMetricsObserver {
+    /// An observer with an empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_service<R>(&self, service: &str, f: impl FnOnce(&mut ServiceSeries) -> R) -> R {
+        let mut services = self.services.lock();
+        if let Some(series) = services.get_mut(service) {
+            return f(series);
+        }
+        f(services.entry(service.into()).or_default())
+    }
+}
+
+impl Observer for CachedMetricsObserver {
+    fn on_event(&self, event: &Event<'_>) {
+        match *event {
+            Event::Call {
+                service,
+                outcome,
+                latency,
+            } => self.with_service(service, |series| {
+                let (_, calls, duration) = match series.calls.iter().position(|c| c.0 == outcome) {
+                    Some(i) => &series.calls[i],
+                    None => {
+                        let labels = [
+                            ("service", service.to_owned()),
+                            ("outcome", outcome.as_str().to_owned()),
+                        ];
+                        series.calls.push((
+                            outcome,
+                            metrics::counter!("switchyard_policy_calls_total", &labels),
+                            metrics::histogram!("switchyard_policy_call_duration_seconds", &labels),
+                        ));
+                        &series.calls[series.calls.len() - 1]
+                    }
+                };
+                calls.increment(1);
+                duration.record(latency.as_secs_f64());
+            }),
+            Event::Attempt {
+                service, outcome, ..
+            } => self.with_service(service, |series| {
+                let (_, attempts) = match series.attempts.iter().position(|a| a.0 == outcome) {
+                    Some(i) => &series.attempts[i],
+                    None => {
+                        series.attempts.push((
+                            outcome,
+                            metrics::counter!("switchyard_policy_attempts_total", "service" => service.to_owned(), "outcome" => outcome.as_str()),
+                        ));
+                        &series.attempts[series.attempts.len() - 1]
+                    }
+                };
+                attempts.increment(1);
+            }),
+            _ => MetricsObserver.on_event(event),
         }
     }
 }
