@@ -752,13 +752,19 @@ impl Inner {
     ) {
         if let Some(ClientAddr(addr)) = client {
             let ip = addr.ip().to_string();
-            let mut list: Vec<&str> = headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            list.push(&ip);
-            if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+            let value = if headers.contains_key(X_FORWARDED_FOR) {
+                let mut list: Vec<&str> = headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                list.push(&ip);
+                HeaderValue::from_str(&list.join(", ")).ok()
+            } else {
+                // The usual case: the address alone, without a list to join.
+                HeaderValue::try_from(ip).ok()
+            };
+            if let Some(value) = value {
                 headers.insert(X_FORWARDED_FOR, value);
             }
         }
@@ -888,12 +894,20 @@ pub fn is_idempotent(method: &Method) -> bool {
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1), keeping `te: trailers`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry at most `Connection: keep-alive`: one pass over
+    // the names decides whether there is anything to do, and only the
+    // fields present are removed (each removal is a hash lookup).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -904,22 +918,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
         headers.remove(name);
     }
     if keeps_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The hop-by-hop fields a proxy never forwards (RFC 9110 §7.6.1, plus the
+/// legacy `keep-alive` and `proxy-connection`).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Displays an error with its source chain, for logs.
