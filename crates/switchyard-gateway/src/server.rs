@@ -73,6 +73,8 @@ use crate::{
 pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Time an HTTP/2 keep-alive PING may go unanswered before the connection closes.
 pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// hyper's HTTP/1 header-count limit when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
 /// hyper's smallest allowed HTTP/1 read buffer.
 pub const MIN_HEADER_BUF: usize = 8192;
 
@@ -317,8 +319,13 @@ fn builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive(true)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUF))
-        .max_headers(limits.max_headers)
         .header_read_timeout(limits.header_read_timeout);
+    // hyper's own limit is 100; setting any value, even 100, makes it build
+    // its header index arrays element by element on every request instead
+    // of taking them uninitialised, so only a different limit is set.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
