@@ -443,3 +443,80 @@ where
         std::task::Poll::Ready(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached observer writes the same series as the plain one, keeps
+    /// counting through handles made once, and keeps services and outcomes
+    /// apart.
+    #[test]
+    fn cached_observer_counts_per_service_and_outcome() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let observer = CachedMetricsObserver::new();
+        let call = |service, outcome| Event::Call {
+            service,
+            outcome,
+            latency: Duration::from_millis(3),
+        };
+        metrics::with_local_recorder(&recorder, || {
+            observer.on_event(&call("inventory", Outcome::Success));
+            observer.on_event(&call("inventory", Outcome::Failure));
+            observer.on_event(&Event::Attempt {
+                service: "inventory",
+                attempt: 1,
+                outcome: Outcome::Success,
+                latency: Duration::from_millis(3),
+            });
+            observer.on_event(&Event::Retry {
+                service: "inventory",
+                attempt: 2,
+                delay: Duration::from_millis(1),
+            });
+        });
+        // Outside the recorder's scope: only cached handles can still count.
+        observer.on_event(&call("inventory", Outcome::Success));
+        metrics::with_local_recorder(&recorder, || {
+            observer.on_event(&call("pricing", Outcome::Success));
+        });
+
+        let text = handle.render();
+        tracing::info!(%text, "rendered");
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+        };
+        assert_eq!(
+            line(r#"switchyard_policy_calls_total{service="inventory",outcome="success"}"#)
+                .as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_calls_total{service="inventory",outcome="failure"}"#)
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_calls_total{service="pricing",outcome="success"}"#)
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_attempts_total{service="inventory",outcome="success"}"#)
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_retries_total{service="inventory"}"#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_call_duration_seconds_count{service="inventory",outcome="success"}"#)
+                .as_deref(),
+            Some("2")
+        );
+    }
+}
