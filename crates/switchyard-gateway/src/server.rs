@@ -510,3 +510,59 @@ impl http_body::Body for TrackedBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Waits for `activity` to be idle for [`TIMEOUT`]; returns when it was.
+    fn idle_at(activity: &Arc<Activity>) -> tokio::task::JoinHandle<Instant> {
+        let activity = activity.clone();
+        tokio::spawn(async move {
+            activity.idle(TIMEOUT).await;
+            Instant::now()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_is_idle_after_the_timeout() {
+        let start = Instant::now();
+        let activity = Arc::new(Activity::new());
+        let closed = idle_at(&activity).await.unwrap();
+        assert_eq!(closed - start, TIMEOUT);
+    }
+
+    /// The timer is not woken per request: it must still find the exact
+    /// end of the last request, however many timeouts a request lasted.
+    #[tokio::test(start_paused = true)]
+    async fn idleness_counts_from_the_end_of_the_last_request() {
+        let start = Instant::now();
+        let activity = Arc::new(Activity::new());
+        let idle = idle_at(&activity);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let first = InFlight::start(activity.clone());
+        let second = InFlight::start(activity.clone());
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        drop(first);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // 28 s in: idle is only counted once no request is in flight.
+        assert!(!idle.is_finished());
+        drop(second);
+        let closed = idle.await.unwrap();
+        tracing::info!(after = ?closed - start, "idle");
+        assert_eq!(closed - start, Duration::from_secs(38));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_request_restarts_the_count() {
+        let start = Instant::now();
+        let activity = Arc::new(Activity::new());
+        let idle = idle_at(&activity);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        drop(InFlight::start(activity.clone()));
+        let closed = idle.await.unwrap();
+        assert_eq!(closed - start, Duration::from_secs(19));
+    }
+}
