@@ -31,7 +31,9 @@
 # Knobs (environment): WORKERS (threads/processes per proxy, 1), CONNS (wrk
 # connections, 32), WRK_THREADS (1), RATE (fixed request rate, 5000),
 # OHA_CONNS (32), IDLE_CONNS (10000), ROUNDS, DURATION, LAT_ROUNDS,
-# LAT_DURATION (seconds), SWITCHYARD_BIN (skip the cargo build), KEEP_TMP=1.
+# LAT_DURATION (seconds), SWITCHYARD_BIN (skip the cargo build), KEEP_TMP=1,
+# SWITCHYARD_BASELINE_BIN (an older switchyard binary measured in the same run
+# as the extra target switchyard-baseline, same config: before/after A/B).
 #
 # Installs what it needs when missing: `apt-get install haproxy nginx-light
 # wrk` and `cargo install --locked --root bench/.tools oha`. If oha cannot be
@@ -106,7 +108,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all picked at once so none repeats.
-read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN < <(free_ports 7)
+read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN P_SYB P_SYB_ADMIN < <(free_ports 9)
 
 MAXCONN=$((IDLE_CONNS + 500))
 
@@ -205,6 +207,7 @@ service = "backend"
 EOF
 }
 sy_config "$P_SY" "$P_SY_ADMIN" "" >"$TMP/switchyard.toml"
+sy_config "$P_SYB" "$P_SYB_ADMIN" "" >"$TMP/switchyard-baseline.toml"
 sy_config "$P_SYN" "$P_SYN_ADMIN" '
 [services.backend.outlier]
 consecutive_failures = 0
@@ -246,6 +249,14 @@ if [ "$NO_POLICIES" = 1 ]; then
     PIDS+=($!); PID[switchyard-nopol]=$!; PORT[switchyard-nopol]=$P_SYN
     TARGETS+=(switchyard-nopol)
     PROXIES+=(switchyard-nopol)
+fi
+if [ -n "${SWITCHYARD_BASELINE_BIN:-}" ]; then
+    [ -x "$SWITCHYARD_BASELINE_BIN" ] || die "no switchyard binary at $SWITCHYARD_BASELINE_BIN"
+    log "starting baseline switchyard ($SWITCHYARD_BASELINE_BIN) on :$P_SYB"
+    TOKIO_WORKER_THREADS=$WORKERS "$SWITCHYARD_BASELINE_BIN" serve -c "$TMP/switchyard-baseline.toml" 2>"$TMP/switchyard-baseline.log" &
+    PIDS+=($!); PID[switchyard-baseline]=$!; PORT[switchyard-baseline]=$P_SYB
+    TARGETS+=(switchyard-baseline)
+    PROXIES+=(switchyard-baseline)
 fi
 for t in "${PROXIES[@]}"; do wait_http "$t" "http://127.0.0.1:${PORT[$t]}/" "${PID[$t]}"; done
 

@@ -27,6 +27,7 @@
 use std::{
     collections::VecDeque,
     io,
+    mem::MaybeUninit,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -112,6 +113,8 @@ pub enum Stop {
 /// Longest chunk-size or trailer line followed.
 const MAX_LINE: usize = 4096;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// Most header fields in a head followed (more stops the scanner).
+const MAX_HEADERS: usize = 256;
 
 impl FramingScanner {
     /// A scanner for a new connection; heads longer than `max_head` bytes
@@ -142,16 +145,7 @@ impl FramingScanner {
         while !bytes.is_empty() {
             let used = match &mut self.state {
                 State::Stopped(_) => return,
-                State::Head(buf) => {
-                    let before = buf.len();
-                    let take = bytes.len().min(self.max_head + 1 - before);
-                    buf.extend_from_slice(&bytes[..take]);
-                    match self.head_done() {
-                        // Bytes past the head belong to the body.
-                        Some(head_len) => head_len - before,
-                        None => take,
-                    }
-                }
+                State::Head(_) => self.feed_head(bytes),
                 State::Fixed(left) => {
                     let n = (*left).min(bytes.len() as u64);
                     *left -= n;
@@ -213,19 +207,53 @@ impl FramingScanner {
         };
     }
 
-    /// Tries to parse the buffered head; on success records it, moves to
-    /// the body state and returns the head's length.
-    fn head_done(&mut self) -> Option<usize> {
-        let State::Head(buf) = &self.state else {
-            return None;
+    /// Feeds bytes while a head is being read; returns how many belong to it.
+    fn feed_head(&mut self, bytes: &[u8]) -> usize {
+        let State::Head(buf) = &mut self.state else {
+            return bytes.len();
         };
+        if buf.is_empty() {
+            // Most heads arrive whole in one read: parse them where they lie
+            // and copy only the ones that don't.
+            let take = bytes.len().min(self.max_head + 1);
+            return match self.head_done(&bytes[..take]) {
+                Some(head_len) => head_len,
+                None => {
+                    if let State::Head(buf) = &mut self.state {
+                        buf.extend_from_slice(&bytes[..take]);
+                    }
+                    take
+                }
+            };
+        }
+        let before = buf.len();
+        let take = bytes.len().min(self.max_head + 1 - before);
+        buf.extend_from_slice(&bytes[..take]);
+        let head = std::mem::take(buf);
+        match self.head_done(&head) {
+            // Bytes past the head belong to the body.
+            Some(head_len) => head_len - before,
+            None => {
+                if let State::Head(buf) = &mut self.state {
+                    *buf = head;
+                }
+                take
+            }
+        }
+    }
+
+    /// Tries to parse `buf` as a head; on success records it, moves to
+    /// the body state and returns the head's length.
+    fn head_done(&mut self, buf: &[u8]) -> Option<usize> {
         if buf.starts_with(H2_PREFACE) {
             self.state = State::Stopped(Stop::Http2);
             return None;
         }
-        let mut headers = vec![httparse::EMPTY_HEADER; 256];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(buf) {
+        // Uninitialised slots: zeroing 256 headers per request would cost
+        // more than parsing a typical head.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() <= self.max_head => return None,
             _ => {

@@ -51,7 +51,7 @@ use switchyard_client::NoHealthyEndpoint;
 use switchyard_discovery::registry::{
     EmbeddedRegistry, Registry, RegistryDiscovery, RemoteRegistry, http as registry_http,
 };
-use switchyard_policy::{MetricsObserver, Observer, events::Fanout};
+use switchyard_policy::{CachedMetricsObserver, Observer, events::Fanout};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -167,11 +167,13 @@ impl Gateway {
         path: Option<PathBuf>,
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Gateway, StartError> {
-        let observer: Arc<dyn Observer> = match observer {
-            Some(extra) => Arc::new(Fanout(vec![Arc::new(MetricsObserver), extra])),
-            None => Arc::new(MetricsObserver),
-        };
+        // The recorder first: the observer keeps handles from it.
         let metrics = admin::metrics_handle();
+        let metrics_observer = Arc::new(CachedMetricsObserver::new());
+        let observer: Arc<dyn Observer> = match observer {
+            Some(extra) => Arc::new(Fanout(vec![metrics_observer, extra])),
+            None => metrics_observer,
+        };
         let (registry, hosted) = open_registry(&config, path.as_deref())?;
         let sources = Sources {
             statics: StaticDiscovery::default(),

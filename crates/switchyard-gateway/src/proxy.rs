@@ -81,7 +81,9 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
 use hyper::body::Incoming;
 use switchyard_policy::{Error, PolicyRequest, ReplayBody, is_caused_by};
 use switchyard_transport::{Body, BodyTooLarge};
@@ -248,6 +250,7 @@ struct Inner {
     sidecar: bool,
     table: Arc<ArcSwap<RouteTable>>,
     causes: CauseHook,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -271,6 +274,7 @@ impl Proxy {
                 sidecar: listener.sidecar,
                 table,
                 causes: Arc::new(problem::no_causes),
+                metrics: Arc::default(),
             }),
         }
     }
@@ -288,6 +292,7 @@ impl Proxy {
             sidecar: self.inner.sidecar,
             table: self.inner.table.clone(),
             causes: Arc::new(causes),
+            metrics: self.inner.metrics.clone(),
         };
         Self {
             inner: Arc::new(inner),
@@ -319,6 +324,85 @@ impl Service<Request<Incoming>> for Proxy {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move { Ok(inner.handle(req).await) })
+    }
+}
+
+/// The request metrics' handles per (route, service, status), so that a
+/// request costs one hash lookup instead of allocating its label strings
+/// and having the recorder build and look up two metric keys.
+#[derive(Default)]
+struct RequestMetrics {
+    hasher: std::hash::RandomState,
+    /// Entries by the hash of (route, service, status); a short list per
+    /// hash so that a collision costs a comparison, never a wrong series.
+    entries: parking_lot::Mutex<HashMap<u64, Vec<Arc<RequestSeries>>>>,
+}
+
+/// The handles of one (listener, route, service, status) series.
+struct RequestSeries {
+    route: Box<str>,
+    service: Box<str>,
+    status: u16,
+    duration: metrics::Histogram,
+    total: metrics::Counter,
+}
+
+/// Most series cached per listener: names come from the configuration, so
+/// this is only reached after many reloads with renamed routes; beyond it
+/// handles are looked up per request, as without a cache.
+const MAX_CACHED_SERIES: usize = 4096;
+
+impl RequestMetrics {
+    fn record(
+        &self,
+        listener: &str,
+        route: &str,
+        service: &str,
+        status: StatusCode,
+    ) -> Arc<RequestSeries> {
+        use std::hash::BuildHasher;
+        let code = status.as_u16();
+        let hash = self.hasher.hash_one((route, service, code));
+        let mut entries = self.entries.lock();
+        if let Some(found) = entries.get(&hash).and_then(|list| {
+            list.iter()
+                .find(|e| e.status == code && *e.route == *route && *e.service == *service)
+        }) {
+            return found.clone();
+        }
+        let series = Arc::new(RequestSeries::new(listener, route, service, status));
+        if entries.len() < MAX_CACHED_SERIES {
+            entries.entry(hash).or_default().push(series.clone());
+        }
+        series
+    }
+}
+
+impl RequestSeries {
+    fn new(listener: &str, route: &str, service: &str, status: StatusCode) -> Self {
+        let labels = [
+            ("listener", listener.to_owned()),
+            ("route", route.to_owned()),
+            ("service", service.to_owned()),
+        ];
+        let duration = metrics::histogram!("switchyard_request_duration_seconds", &labels);
+        let [l, r, s] = labels;
+        let total = metrics::counter!(
+            "switchyard_requests_total",
+            &[l, r, s, ("status", status.as_str().to_owned())]
+        );
+        Self {
+            route: route.into(),
+            service: service.into(),
+            status: status.as_u16(),
+            duration,
+            total,
+        }
+    }
+
+    fn record(&self, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+        self.total.increment(1);
     }
 }
 
@@ -359,19 +443,9 @@ impl Inner {
 
         let status = res.status();
         let elapsed = start.elapsed();
-        let labels = [
-            ("listener", self.listener.clone()),
-            ("route", outcome.route.clone()),
-            ("service", outcome.service.clone()),
-        ];
-        metrics::histogram!("switchyard_request_duration_seconds", &labels)
-            .record(elapsed.as_secs_f64());
-        let [l, r, s] = labels;
-        metrics::counter!(
-            "switchyard_requests_total",
-            &[l, r, s, ("status", status.as_str().to_owned())]
-        )
-        .increment(1);
+        self.metrics
+            .record(&self.listener, &outcome.route, &outcome.service, status)
+            .record(elapsed);
         tracing::debug!(
             listener = %self.listener,
             %method,
@@ -678,13 +752,19 @@ impl Inner {
     ) {
         if let Some(ClientAddr(addr)) = client {
             let ip = addr.ip().to_string();
-            let mut list: Vec<&str> = headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            list.push(&ip);
-            if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+            let value = if headers.contains_key(X_FORWARDED_FOR) {
+                let mut list: Vec<&str> = headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                list.push(&ip);
+                HeaderValue::from_str(&list.join(", ")).ok()
+            } else {
+                // The usual case: the address alone, without a list to join.
+                HeaderValue::try_from(ip).ok()
+            };
+            if let Some(value) = value {
                 headers.insert(X_FORWARDED_FOR, value);
             }
         }
@@ -814,12 +894,20 @@ pub fn is_idempotent(method: &Method) -> bool {
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1), keeping `te: trailers`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry at most `Connection: keep-alive`: one pass over
+    // the names decides whether there is anything to do, and only the
+    // fields present are removed (each removal is a hash lookup).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -830,22 +918,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
         headers.remove(name);
     }
     if keeps_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The hop-by-hop fields a proxy never forwards (RFC 9110 §7.6.1, plus the
+/// legacy `keep-alive` and `proxy-connection`).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Displays an error with its source chain, for logs.

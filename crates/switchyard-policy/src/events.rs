@@ -5,7 +5,7 @@
 //! `metrics` facade) and exports from there. Without an observer, reporting
 //! costs one branch per event.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use crate::{Outcome, breaker::State};
 
@@ -211,6 +211,90 @@ impl Observer for MetricsObserver {
     }
 }
 
+/// A [`MetricsObserver`] that keeps the metric handles of the per-call
+/// series (`switchyard_policy_calls_total`,
+/// `switchyard_policy_call_duration_seconds` and
+/// `switchyard_policy_attempts_total`, per service and outcome) once created.
+///
+/// The plain observer builds owned label strings and has the recorder look
+/// up each series on every event, which is most of what the policy stack
+/// costs per call; this one does that once per (service, outcome) and then
+/// only looks the service up in a map. The handles belong to the recorder
+/// installed when they were first needed, so create the observer after the
+/// global recorder is set. Other events go through [`MetricsObserver`].
+#[derive(Debug, Default)]
+pub struct CachedMetricsObserver {
+    services: parking_lot::Mutex<HashMap<Box<str>, ServiceSeries>>,
+}
+
+/// The cached handles of one service, per outcome (a handful each).
+#[derive(Debug, Default)]
+struct ServiceSeries {
+    calls: Vec<(Outcome, metrics::Counter, metrics::Histogram)>,
+    attempts: Vec<(Outcome, metrics::Counter)>,
+}
+
+impl CachedMetricsObserver {
+    /// An observer with an empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_service<R>(&self, service: &str, f: impl FnOnce(&mut ServiceSeries) -> R) -> R {
+        let mut services = self.services.lock();
+        if let Some(series) = services.get_mut(service) {
+            return f(series);
+        }
+        f(services.entry(service.into()).or_default())
+    }
+}
+
+impl Observer for CachedMetricsObserver {
+    fn on_event(&self, event: &Event<'_>) {
+        match *event {
+            Event::Call {
+                service,
+                outcome,
+                latency,
+            } => self.with_service(service, |series| {
+                let (_, calls, duration) = match series.calls.iter().position(|c| c.0 == outcome) {
+                    Some(i) => &series.calls[i],
+                    None => {
+                        let labels = [
+                            ("service", service.to_owned()),
+                            ("outcome", outcome.as_str().to_owned()),
+                        ];
+                        series.calls.push((
+                            outcome,
+                            metrics::counter!("switchyard_policy_calls_total", &labels),
+                            metrics::histogram!("switchyard_policy_call_duration_seconds", &labels),
+                        ));
+                        &series.calls[series.calls.len() - 1]
+                    }
+                };
+                calls.increment(1);
+                duration.record(latency.as_secs_f64());
+            }),
+            Event::Attempt {
+                service, outcome, ..
+            } => self.with_service(service, |series| {
+                let (_, attempts) = match series.attempts.iter().position(|a| a.0 == outcome) {
+                    Some(i) => &series.attempts[i],
+                    None => {
+                        series.attempts.push((
+                            outcome,
+                            metrics::counter!("switchyard_policy_attempts_total", "service" => service.to_owned(), "outcome" => outcome.as_str()),
+                        ));
+                        &series.attempts[series.attempts.len() - 1]
+                    }
+                };
+                attempts.increment(1);
+            }),
+            _ => MetricsObserver.on_event(event),
+        }
+    }
+}
+
 /// Sends every event to each of several observers, in order.
 pub struct Fanout(pub Vec<Arc<dyn Observer>>);
 
@@ -357,5 +441,82 @@ where
             });
         }
         std::task::Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached observer writes the same series as the plain one, keeps
+    /// counting through handles made once, and keeps services and outcomes
+    /// apart.
+    #[test]
+    fn cached_observer_counts_per_service_and_outcome() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let observer = CachedMetricsObserver::new();
+        let call = |service, outcome| Event::Call {
+            service,
+            outcome,
+            latency: Duration::from_millis(3),
+        };
+        metrics::with_local_recorder(&recorder, || {
+            observer.on_event(&call("inventory", Outcome::Success));
+            observer.on_event(&call("inventory", Outcome::Failure));
+            observer.on_event(&Event::Attempt {
+                service: "inventory",
+                attempt: 1,
+                outcome: Outcome::Success,
+                latency: Duration::from_millis(3),
+            });
+            observer.on_event(&Event::Retry {
+                service: "inventory",
+                attempt: 2,
+                delay: Duration::from_millis(1),
+            });
+        });
+        // Outside the recorder's scope: only cached handles can still count.
+        observer.on_event(&call("inventory", Outcome::Success));
+        metrics::with_local_recorder(&recorder, || {
+            observer.on_event(&call("pricing", Outcome::Success));
+        });
+
+        let text = handle.render();
+        tracing::info!(%text, "rendered");
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+        };
+        assert_eq!(
+            line(r#"switchyard_policy_calls_total{service="inventory",outcome="success"}"#)
+                .as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_calls_total{service="inventory",outcome="failure"}"#)
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_calls_total{service="pricing",outcome="success"}"#)
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_attempts_total{service="inventory",outcome="success"}"#)
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_retries_total{service="inventory"}"#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"switchyard_policy_call_duration_seconds_count{service="inventory",outcome="success"}"#)
+                .as_deref(),
+            Some("2")
+        );
     }
 }

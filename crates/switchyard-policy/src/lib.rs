@@ -70,6 +70,6 @@ pub mod retry;
 
 pub use classify::{Class, Classify, DefaultClassifier, HttpClassifier, Outcome};
 pub use error::{BoxError, Error, GrpcCode, is_caused_by};
-pub use events::{Event, Events, MetricsObserver, Observer};
+pub use events::{CachedMetricsObserver, Event, Events, MetricsObserver, Observer};
 pub use policy::{ConfigError, Policy, PolicyConfig, PolicyService};
 pub use request::{Call, PolicyRequest, ReplayBody};

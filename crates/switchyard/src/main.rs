@@ -19,6 +19,12 @@ use clap::{Parser, Subcommand};
 use switchyard_gateway::{Gateway, StartError, config::Config};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: the proxy path allocates and
+/// frees a few dozen small blocks per request, and glibc's malloc/free took
+/// several percent of the CPU there (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "switchyard",
