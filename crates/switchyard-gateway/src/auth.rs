@@ -293,6 +293,7 @@ impl Authenticator {
                         })?;
                         let remote = Arc::new(RemoteJwks::new(
                             url,
+                            j.jwks_ca.as_deref(),
                             j.jwks_fetch_timeout,
                             j.algorithms.clone(),
                         )?);

@@ -68,6 +68,7 @@ fn config(url: String, refresh: Duration, timeout: Duration) -> AuthConfig {
             keys: vec![],
             jwks_file: None,
             jwks_url: Some(url),
+            jwks_ca: None,
             jwks_refresh: refresh,
             jwks_fetch_timeout: timeout,
             max_token_bytes: 8192,
@@ -206,4 +207,91 @@ fn a_jwks_url_needs_a_runtime() {
     ))
     .unwrap_err();
     assert!(err.contains("runtime"), "{err}");
+}
+
+/// Serves `body` at `/jwks` over TLS with a certificate from a fresh dev CA;
+/// returns the address and the CA file.
+async fn serve_jwks_tls(
+    body: String,
+) -> (
+    SocketAddr,
+    std::path::PathBuf,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use switchyard_gateway::{config::ListenerConfig, server::serve, tls::certs};
+    use switchyard_transport::Body;
+    let dir = std::env::temp_dir().join(format!("switchyard-jwks-tls-{}", std::process::id()));
+    let ca = certs::new_ca("jwks test CA").unwrap();
+    certs::write(&dir, "ca", &ca, true).unwrap();
+    let server = certs::issue(&ca, &["localhost".into()]).unwrap();
+    certs::write(&dir, "server", &server, true).unwrap();
+    let limits: ListenerConfig = toml::from_str(&format!(
+        "name = \"jwks\"\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+        dir.join("server.pem"),
+        dir.join("server-key.pem")
+    ))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let body = body.clone();
+        async move { Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(body))) }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(
+            listener,
+            &limits,
+            handler,
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(1),
+        )
+        .await
+    });
+    (addr, dir.join("ca.pem"), stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_over_https_checks_the_server_certificate() {
+    let (addr, ca, _stop) = serve_jwks_tls(jwk_set(&[(RSA_PRIVATE, "one")])).await;
+    let url = format!("https://localhost:{}/jwks", addr.port());
+
+    // Without a CA bundle an https URL is a config error naming the key.
+    let mut cfg = config(
+        url.clone(),
+        Duration::from_secs(300),
+        Duration::from_secs(2),
+    );
+    let problems = cfg.problems();
+    assert!(
+        problems.iter().any(|(key, _)| key.ends_with("jwks_ca")),
+        "{problems:?}"
+    );
+
+    // With the CA that signed the server's certificate, keys are fetched.
+    cfg.jwt.as_mut().unwrap().jwks_ca = Some(ca);
+    let authn = Authenticator::new(&cfg).unwrap();
+    assert_eq!(authn.refresh_jwks().await.unwrap(), 1);
+    assert!(
+        authn
+            .authenticate(&token(RSA_PRIVATE, "one"), None)
+            .unwrap()
+            .is_some()
+    );
+
+    // A CA that did not sign it: the fetch fails and no key is trusted.
+    let other = switchyard_gateway::tls::certs::new_ca("someone else").unwrap();
+    let other_dir =
+        std::env::temp_dir().join(format!("switchyard-jwks-other-{}", std::process::id()));
+    switchyard_gateway::tls::certs::write(&other_dir, "ca", &other, true).unwrap();
+    cfg.jwt.as_mut().unwrap().jwks_ca = Some(other_dir.join("ca.pem"));
+    let untrusting = Authenticator::new(&cfg).unwrap();
+    assert!(untrusting.refresh_jwks().await.is_err());
+    assert!(
+        untrusting
+            .authenticate(&token(RSA_PRIVATE, "one"), None)
+            .is_err()
+    );
 }

@@ -147,10 +147,14 @@ pub struct JwtConfig {
     /// A JWKS document on disk, read at load. Default: none.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS document fetched over HTTP (`http://` only until outbound TLS
-    /// lands), refreshed in the background. Default: none.
+    /// A JWKS document fetched over HTTP or HTTPS, refreshed in the
+    /// background. Default: none.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// With an `https://` `jwks_url`: the CA bundle (PEM) the JWKS server's
+    /// certificate must chain to. Default: none.
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
     /// Time between two fetches of `jwks_url`. Default `"5m"`; at least `"1s"`.
     #[serde(default = "defaults::jwks_refresh", with = "humantime_serde")]
     pub jwks_refresh: Duration,
@@ -424,12 +428,20 @@ impl JwtConfig {
         if let Some(url) = &self.jwks_url {
             match url.parse::<http::Uri>() {
                 Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-                Ok(uri) if uri.scheme_str() == Some("https") => push(
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
+                    if self.jwks_ca.is_none() {
+                        push(
+                            &mut out,
+                            "jwks_ca",
+                            "an https jwks_url needs jwks_ca: the CA bundle (PEM) its certificate chains to",
+                        );
+                    }
+                }
+                _ => push(
                     &mut out,
                     "jwks_url",
-                    "https is not supported yet (outbound TLS is not built); use an http:// URL on a trusted network or jwks_file",
+                    "must be an absolute http:// or https:// URL",
                 ),
-                _ => push(&mut out, "jwks_url", "must be an absolute http:// URL"),
             }
         }
         if self.jwks_refresh < MIN_JWKS_REFRESH {

@@ -27,17 +27,13 @@
 use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use http_body_util::{BodyExt, Limited};
 use jsonwebtoken::{
     DecodingKey,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse},
 };
 use serde::Deserialize;
+use switchyard_transport::{Body, Transport, TransportConfig, UpstreamTlsConfig};
 use tokio::{sync::Notify, time::Instant};
 
 use super::{config::JwtAlgorithm, config::MIN_HMAC_SECRET_BYTES, jwt::VerifyKey};
@@ -158,35 +154,50 @@ fn strip_alg(mut value: serde_json::Value) -> serde_json::Value {
 
 // === impl RemoteJwks ===
 
-/// A JWKS fetched over HTTP and refreshed in the background.
+/// A JWKS fetched over HTTP(S) and refreshed in the background.
 pub(crate) struct RemoteJwks {
     pub(crate) keys: ArcSwap<Vec<VerifyKey>>,
     url: http::Uri,
     timeout: Duration,
     allowed: Vec<JwtAlgorithm>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    /// The same outbound transport (and TLS) the proxy uses.
+    transport: Transport,
     pub(crate) nudge: Notify,
 }
 
 impl RemoteJwks {
     pub(crate) fn new(
         url: &str,
+        ca: Option<&std::path::Path>,
         timeout: Duration,
         allowed: Vec<JwtAlgorithm>,
     ) -> Result<Self, String> {
         let url: http::Uri = url.parse().map_err(|e| format!("jwks_url: {e}"))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(1)
-            .build(connector);
+        let tls = match (url.scheme_str(), ca) {
+            (Some("https"), Some(ca)) => Some(UpstreamTlsConfig {
+                ca: ca.to_path_buf(),
+                server_name: url.host().map(str::to_owned),
+                cert: None,
+                key: None,
+            }),
+            (Some("https"), None) => {
+                return Err("jwks_ca: an https jwks_url needs a CA bundle".to_owned());
+            }
+            _ => None,
+        };
+        let config = TransportConfig {
+            connect_timeout: timeout,
+            pool_max_idle_per_endpoint: 1,
+            tls,
+            ..TransportConfig::default()
+        };
+        let transport = Transport::new(&config).map_err(|e| format!("jwks_ca: {e}"))?;
         Ok(Self {
             keys: ArcSwap::from_pointee(Vec::new()),
             url,
             timeout,
             allowed,
-            client,
+            transport,
             nudge: Notify::new(),
         })
     }
@@ -205,11 +216,11 @@ impl RemoteJwks {
     async fn fetch_unbounded(&self) -> Result<Vec<VerifyKey>, String> {
         let req = http::Request::get(self.url.clone())
             .header(http::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
+            .body(Body::empty())
             .map_err(|e| e.to_string())?;
         let res = self
-            .client
-            .request(req)
+            .transport
+            .send(req)
             .await
             .map_err(|e| format!("fetching {}: {e}", self.url))?;
         if !res.status().is_success() {

@@ -43,6 +43,7 @@ fn jwt_config(algorithms: Vec<JwtAlgorithm>, keys: Vec<JwtKeyConfig>) -> JwtConf
         keys,
         jwks_file: None,
         jwks_url: None,
+        jwks_ca: None,
         jwks_refresh: config::DEFAULT_JWKS_REFRESH,
         jwks_fetch_timeout: config::DEFAULT_JWKS_FETCH_TIMEOUT,
         max_token_bytes: config::DEFAULT_MAX_TOKEN_BYTES,
