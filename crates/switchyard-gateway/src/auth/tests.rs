@@ -887,7 +887,10 @@ fn config_problems_name_the_key() {
     assert!(bad(jwt_config(vec![RS256], vec![])).starts_with("jwt.keys"));
     let mut https = jwt_config(vec![RS256], vec![]);
     https.jwks_url = Some("https://id.example.com/jwks".into());
-    assert!(bad(https).starts_with("jwt.jwks_url"));
+    assert!(bad(https).starts_with("jwt.jwks_ca"));
+    let mut ftp = jwt_config(vec![RS256], vec![]);
+    ftp.jwks_url = Some("ftp://id.example.com/jwks".into());
+    assert!(bad(ftp).starts_with("jwt.jwks_url"));
     let mut no_aud = jwt_config(vec![RS256], vec![key(RS256, None, None, Some(RSA_PUBLIC))]);
     no_aud.audiences.clear();
     assert!(bad(no_aud).starts_with("jwt.audiences"));
