@@ -47,7 +47,6 @@ use crate::{
     proxy::{Proxy, RouteTable},
     runtime::{Runtime, Sources},
 };
-use switchyard_client::NoHealthyEndpoint;
 use switchyard_discovery::registry::{
     EmbeddedRegistry, Registry, RegistryDiscovery, RemoteRegistry, http as registry_http,
 };
@@ -210,11 +209,7 @@ impl Gateway {
 
         let proxies: Vec<Proxy> = bound
             .iter()
-            .map(|(l, _)| {
-                Proxy::new(l, table.clone()).with_causes(problem::caused_by::<NoHealthyEndpoint>(
-                    problem::Cause::NO_HEALTHY_ENDPOINT,
-                ))
-            })
+            .map(|(l, _)| Proxy::new(l, table.clone()))
             .collect();
         let shared = Arc::new(Shared {
             path,

@@ -24,7 +24,7 @@
 //! | `retries-exhausted` | that of the last attempt's cause | every allowed attempt failed |
 //! | `budget-exhausted` | that of the last attempt's cause | the retry budget was empty |
 //! | `upstream` | 502 | the upstream call failed (connect, reset, protocol) |
-//! | `no-healthy-endpoint` | 503 | the balancer had no endpoint (through a [`Cause`] hook) |
+//! | `no-healthy-endpoint` | 503 | the balancer had no eligible endpoint (found anywhere in the source chain) |
 //! | `route-not-found` | 404 | no route matched, or sidecar mode knows no such service |
 //! | `bad-request` | 400 | an ambiguous or malformed request (framing, headers) |
 //! | `payload-too-large` | 413 | the body exceeds the listener's `max_body_bytes` |
@@ -32,10 +32,9 @@
 //! | `unauthenticated` | 401 | no credential, or one that failed (with `www-authenticate`) |
 //! | `forbidden` | 403 | the caller is known and the route's rules don't allow it |
 //!
-//! Causes found deeper in an error's source chain (for example the
-//! client crate's "no healthy endpoint" error boxed inside
-//! [`Error::Upstream`]) are mapped by a hook: a function from the error to a
-//! [`Cause`], usually built with [`caused_by`].
+//! The client crate's "no healthy endpoint" error arrives boxed inside
+//! [`Error::Upstream`] (possibly inside a retry error); it is found by type
+//! anywhere in the source chain.
 //!
 //! ```
 //! use switchyard_gateway::problem::{self, Problem};
@@ -43,7 +42,7 @@
 //! use std::time::Duration;
 //!
 //! let err = Error::RateLimited { retry_after: Duration::from_millis(1200) };
-//! let res = Problem::from_error(&err, &problem::no_causes).instance("req-1").into_response();
+//! let res = Problem::from_error(&err).instance("req-1").into_response();
 //! assert_eq!(res.status(), 429);
 //! assert_eq!(res.headers()["retry-after"], "2");
 //! assert_eq!(res.headers()["x-switchyard-error"], "rate-limited");
@@ -52,6 +51,7 @@
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, header};
+use switchyard_client::NoHealthyEndpoint;
 use switchyard_policy::{Error, is_caused_by};
 use switchyard_transport::Body;
 
@@ -63,51 +63,6 @@ pub const ERROR_HEADER: &str = "x-switchyard-error";
 
 /// The media type of problem answers.
 pub const CONTENT_TYPE: &str = "application/problem+json";
-
-/// A cause recognised in an error's source chain: its status, kind and title.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cause {
-    /// The HTTP status to answer with.
-    pub status: StatusCode,
-    /// The stable kind (the last segment of the problem `type`).
-    pub kind: &'static str,
-    /// A short, fixed, human-readable title.
-    pub title: &'static str,
-}
-
-impl Cause {
-    /// The balancer had no healthy endpoint: 503 `no-healthy-endpoint`.
-    pub const NO_HEALTHY_ENDPOINT: Cause = Cause {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "no-healthy-endpoint",
-        title: "No healthy endpoint",
-    };
-}
-
-/// A hook that recognises no extra cause (only the policy error's own kind is used).
-pub fn no_causes(_: &Error) -> Option<Cause> {
-    None
-}
-
-/// A hook mapping errors caused by an `E` (anywhere in the source chain) to `cause`.
-///
-/// ```
-/// use switchyard_gateway::problem::{caused_by, Cause, Problem};
-/// use switchyard_policy::Error;
-///
-/// #[derive(Debug, thiserror::Error)]
-/// #[error("no healthy endpoint")]
-/// struct NoHealthyEndpoint;
-///
-/// let hook = caused_by::<NoHealthyEndpoint>(Cause::NO_HEALTHY_ENDPOINT);
-/// let err = Error::from_inner(NoHealthyEndpoint);
-/// assert_eq!(Problem::from_error(&err, &hook).status(), 503);
-/// ```
-pub fn caused_by<E: std::error::Error + 'static>(
-    cause: Cause,
-) -> impl Fn(&Error) -> Option<Cause> + Send + Sync + Clone + 'static {
-    move |err: &Error| is_caused_by::<E>(err).then_some(cause)
-}
 
 /// No route matched the request (or, in sidecar mode, no service has the
 /// name it asked for). Answered with 404 `route-not-found`.
@@ -155,15 +110,20 @@ impl Problem {
 
     /// The answer for a failed call through the policy stack.
     ///
-    /// `causes` is asked first (it recognises causes deeper in the source
-    /// chain, such as "no healthy endpoint"); otherwise the policy error's
-    /// own [`Error::kind`] and [`Error::http_status`] decide. The detail is
-    /// the error's top-level message only: the source chain can name
-    /// internal addresses, so it is logged, not sent.
-    pub fn from_error(err: &Error, causes: &dyn Fn(&Error) -> Option<Cause>) -> Self {
-        let mut problem = match causes(err) {
-            Some(cause) => Self::new(cause.status, cause.kind, cause.title),
-            None => Self::new(err.http_status(), err.kind(), title_of(err.kind())),
+    /// "No healthy endpoint" anywhere in the source chain answers 503;
+    /// otherwise the policy error's own [`Error::kind`] and
+    /// [`Error::http_status`] decide. The detail is the error's top-level
+    /// message only: the source chain can name internal addresses, so it is
+    /// logged, not sent.
+    pub fn from_error(err: &Error) -> Self {
+        let mut problem = if is_caused_by::<NoHealthyEndpoint>(err) {
+            Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-healthy-endpoint",
+                "No healthy endpoint",
+            )
+        } else {
+            Self::new(err.http_status(), err.kind(), title_of(err.kind()))
         };
         problem.detail = err.to_string();
         problem.retry_after = err.retry_after().or_else(|| err.root().retry_after());

@@ -100,7 +100,7 @@ use crate::{
     framing::ScannedFraming,
     limits::{CallLimits, LimitContext},
     paths::normalize_path_and_query,
-    problem::{self, Cause, NoRoute, Problem},
+    problem::{NoRoute, Problem},
     routes::{Router, strip_port},
     server::ClientAddr,
     tls::PeerIdentity,
@@ -120,9 +120,6 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The upstream service type: the policy stack around a service client.
 pub type UpstreamService = BoxCloneSyncService<Request<Body>, Response<Body>, Error>;
-
-/// A hook recognising extra causes in upstream errors (see [`problem::caused_by`]).
-pub type CauseHook = Arc<dyn Fn(&Error) -> Option<Cause> + Send + Sync>;
 
 /// Where one route's (or one sidecar service's) requests go.
 #[derive(Clone)]
@@ -249,7 +246,6 @@ struct Inner {
     max_headers: usize,
     sidecar: bool,
     table: Arc<ArcSwap<RouteTable>>,
-    causes: CauseHook,
     metrics: Arc<RequestMetrics>,
 }
 
@@ -273,29 +269,8 @@ impl Proxy {
                 max_headers: listener.max_headers,
                 sidecar: listener.sidecar,
                 table,
-                causes: Arc::new(problem::no_causes),
                 metrics: Arc::default(),
             }),
-        }
-    }
-
-    /// Recognises extra causes in upstream errors (such as "no healthy
-    /// endpoint") for the problem answers.
-    pub fn with_causes(
-        self,
-        causes: impl Fn(&Error) -> Option<Cause> + Send + Sync + 'static,
-    ) -> Self {
-        let inner = Inner {
-            listener: self.inner.listener.clone(),
-            max_body: self.inner.max_body,
-            max_headers: self.inner.max_headers,
-            sidecar: self.inner.sidecar,
-            table: self.inner.table.clone(),
-            causes: Arc::new(causes),
-            metrics: self.inner.metrics.clone(),
-        };
-        Self {
-            inner: Arc::new(inner),
         }
     }
 
@@ -738,7 +713,7 @@ impl Inner {
                     error = %ErrorChain(&err),
                     "upstream call failed"
                 );
-                Err(Problem::from_error(&err, &*self.causes))
+                Err(Problem::from_error(&err))
             }
         }
     }
