@@ -167,7 +167,15 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
 
     fn call(&mut self, mut req: http::Request<Body>) -> ResponseFuture {
         let now = Instant::now();
-        let Some(endpoint) = self.shared.pick(now) else {
+        // Retries and hedges of one call share this record (request copies
+        // share their extensions), so a retry goes to another endpoint when
+        // there is one: a dead instance can't take every attempt.
+        let attempted = req.extensions().get::<Attempted>().cloned();
+        let avoid = attempted
+            .as_ref()
+            .map(Attempted::endpoints)
+            .unwrap_or_default();
+        let Some(endpoint) = self.shared.pick(now, &avoid) else {
             return ResponseFuture {
                 state: State::Failed {
                     error: Some(NoHealthyEndpoint {
@@ -189,6 +197,9 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
         // Scheme, authority and path are all set, which is all `from_parts` checks.
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
 
+        if let Some(attempted) = &attempted {
+            attempted.0.lock().push(endpoint.addr());
+        }
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let inner = self.shared.transport.send(req);
         ResponseFuture {
@@ -204,6 +215,19 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
     }
 }
 
+/// The endpoints one call's attempts went to (a request extension shared by
+/// the copies a retry or hedge makes). A request carrying it is sent to an
+/// endpoint not tried yet whenever one is eligible.
+#[derive(Debug, Clone, Default)]
+pub struct Attempted(Arc<parking_lot::Mutex<Vec<SocketAddr>>>);
+
+impl Attempted {
+    /// The endpoints tried so far, in order.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.0.lock().clone()
+    }
+}
+
 // === impl Shared ===
 
 thread_local! {
@@ -212,15 +236,29 @@ thread_local! {
 
 impl Shared {
     /// Power of two choices: two distinct eligible endpoints at random, the
-    /// cheaper wins.
-    fn pick(&self, now: Instant) -> Option<Arc<EndpointState>> {
+    /// cheaper wins; endpoints in `avoid` only when no other is eligible.
+    fn pick(&self, now: Instant, avoid: &[SocketAddr]) -> Option<Arc<EndpointState>> {
+        if !avoid.is_empty() {
+            let fresh = self.pick_where(now, |e| e.is_eligible() && !avoid.contains(&e.addr()));
+            if fresh.is_some() {
+                return fresh;
+            }
+        }
+        self.pick_where(now, EndpointState::is_eligible)
+    }
+
+    fn pick_where(
+        &self,
+        now: Instant,
+        keep: impl Fn(&EndpointState) -> bool,
+    ) -> Option<Arc<EndpointState>> {
         let list = self.endpoints.load();
-        let eligible = list.iter().filter(|e| e.is_eligible()).count();
+        let eligible = list.iter().filter(|e| keep(e)).count();
         let nth = |n: usize| {
             if eligible == list.len() {
                 list.get(n)
             } else {
-                list.iter().filter(|e| e.is_eligible()).nth(n)
+                list.iter().filter(|e| keep(e)).nth(n)
             }
         };
         match eligible {

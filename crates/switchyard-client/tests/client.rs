@@ -466,3 +466,35 @@ async fn dropping_the_client_stops_its_health_checks() {
         checks() - after_drop
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_of_one_call_go_to_endpoints_not_tried_yet() {
+    let b = [
+        Backend::start().await,
+        Backend::start().await,
+        Backend::start().await,
+    ];
+    let (client, _tx) = client(&[&b[0], &b[1], &b[2]], quiet_outlier(), None);
+    // Three attempts of one call (copies sharing the record) reach three
+    // different endpoints; a fourth may go anywhere again.
+    let attempted = switchyard_client::Attempted::default();
+    for _ in 0..3 {
+        let mut req = http::Request::get("/").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(attempted.clone());
+        let res = client.clone().call(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let tried = attempted.endpoints();
+    assert_eq!(tried.len(), 3);
+    for backend in &b {
+        assert_eq!(
+            backend.hits(),
+            1,
+            "every endpoint got exactly one attempt: {tried:?}"
+        );
+    }
+    let mut req = http::Request::get("/").body(Body::empty()).unwrap();
+    req.extensions_mut().insert(attempted.clone());
+    assert_eq!(client.clone().call(req).await.unwrap().status(), 200);
+    assert_eq!(b.iter().map(Backend::hits).sum::<usize>(), 4);
+}

@@ -125,6 +125,10 @@ impl CallService for Caller<'_> {
         }
         let mut request = Request::from_parts(parts, Body::full(body));
         request.set_deadline(deadline);
+        // The call's retries go to endpoints not tried yet.
+        request
+            .extensions_mut()
+            .insert(switchyard_client::Attempted::default());
         let response = upstream.svc.clone().oneshot(request).await.map_err(|err| {
             let kind =
                 if switchyard_policy::is_caused_by::<switchyard_client::NoHealthyEndpoint>(&err) {

@@ -85,6 +85,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
 use hyper::body::Incoming;
+use switchyard_client::Attempted;
 use switchyard_policy::{Error, PolicyRequest, ReplayBody, is_caused_by};
 use switchyard_transport::{Body, BodyTooLarge};
 use tokio::time::Instant;
@@ -696,6 +697,10 @@ impl Inner {
         *out.headers_mut() = headers;
         if let Some(deadline) = deadline {
             out.set_deadline(deadline);
+        }
+        if replay {
+            // Shared by every attempt's copy: retries go to endpoints not tried yet.
+            out.extensions_mut().insert(Attempted::default());
         }
 
         match upstream.svc.clone().oneshot(out).await {
