@@ -200,17 +200,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         },
         (None, None) => Bytes::new(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("switchyard bench: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(bench(args, body))
+    crate::block_on(bench(args, body))
 }
 
 async fn bench(args: BenchArgs, body: Bytes) -> ExitCode {

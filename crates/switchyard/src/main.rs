@@ -160,38 +160,34 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => serve(config),
         Command::Cert { command } => cert(command),
-        Command::Registry { url, json, command } => {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(registry::run(url, json, command)),
-                Err(err) => {
-                    eprintln!("switchyard: cannot start the async runtime: {err}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Command::Registry { url, json, command } => block_on(registry::run(url, json, command)),
         Command::Demo { duration, rate } => demo(demo::DemoOptions { duration, rate }),
         Command::Bench(args) => bench::run(args),
     }
 }
 
 fn demo(options: demo::DemoOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    block_on(async move {
+        match demo::run(options).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("switchyard demo: {err}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Runs `task` on a multi-threaded Tokio runtime; exit code 1 when the
+/// runtime itself can't start.
+pub(crate) fn block_on(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => runtime.block_on(task),
         Err(err) => {
             eprintln!("switchyard: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(demo::run(options)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("switchyard demo: {err}");
             ExitCode::from(1)
         }
     }
@@ -220,17 +216,7 @@ fn cert(command: CertCommand) -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("switchyard: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(async move {
+    block_on(async move {
         let gateway = match Gateway::start(path).await {
             Ok(gateway) => gateway,
             Err(err @ (StartError::Config(_) | StartError::Bind { .. })) => {
