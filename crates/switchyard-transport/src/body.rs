@@ -40,6 +40,11 @@ pin_project! {
             allowed: Option<u64>,
             limit: u64,
         },
+        // A response read from its connection by our HTTP/1.1 client.
+        Upstream {
+            #[pin]
+            body: crate::h1::ResponseBody,
+        },
     }
 }
 
@@ -76,6 +81,21 @@ impl Body {
                 allowed: None,
                 limit: 0,
             },
+        }
+    }
+
+    /// A response body our HTTP/1.1 client reads from its connection.
+    pub(crate) fn upstream(body: crate::h1::ResponseBody) -> Self {
+        Self {
+            kind: Kind::Upstream { body },
+        }
+    }
+
+    /// The bytes of an in-memory body; `None` for a streamed one.
+    pub(crate) fn into_full(self) -> Option<Bytes> {
+        match self.kind {
+            Kind::Full { data } => Some(data.unwrap_or_default()),
+            _ => None,
         }
     }
 
@@ -188,7 +208,7 @@ impl ReplayBody for Body {
             Kind::Full { data } => Some(Self {
                 kind: Kind::Full { data: data.clone() },
             }),
-            Kind::Stream { .. } | Kind::TooLarge { .. } => None,
+            Kind::Stream { .. } | Kind::TooLarge { .. } | Kind::Upstream { .. } => None,
         }
     }
 }
@@ -225,6 +245,7 @@ impl http_body::Body for Body {
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
+            KindProj::Upstream { body } => body.poll_frame(cx),
         }
     }
 
@@ -233,6 +254,7 @@ impl http_body::Body for Body {
             Kind::Full { data } => data.is_none(),
             Kind::TooLarge { .. } => false,
             Kind::Stream { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
+            Kind::Upstream { body } => body.is_end_stream(),
         }
     }
 
@@ -252,6 +274,7 @@ impl http_body::Body for Body {
                 }
                 hint
             }
+            Kind::Upstream { body } => body.size_hint(),
         }
     }
 }

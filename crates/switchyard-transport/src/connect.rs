@@ -47,6 +47,25 @@ impl OpenConnections {
     }
 }
 
+/// Counts one open connection in its [`OpenConnections`] until dropped.
+#[derive(Debug)]
+pub(crate) struct OpenGuard(Arc<OpenConnections>);
+
+impl OpenGuard {
+    fn new(open: Arc<OpenConnections>) -> Self {
+        open.count.fetch_add(1, Ordering::Relaxed);
+        open.gauge.increment(1.0);
+        Self(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.decrement(1.0);
+    }
+}
+
 /// [`HttpConnector`], plus TLS when configured, whose connections decrement
 /// a counter when dropped.
 #[derive(Clone)]
@@ -97,23 +116,18 @@ impl CountingConnector {
 type ConnectFuture =
     Pin<Box<dyn Future<Output = Result<CountedStream, BoxError>> + Send + 'static>>;
 
-// A boxed future: connecting happens once per connection, not per request,
-// and `HttpConnecting` is not nameable from outside hyper-util.
-impl tower_service::Service<http::Uri> for CountingConnector {
-    type Response = CountedStream;
-    type Error = BoxError;
-    type Future = ConnectFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
+impl CountingConnector {
+    /// Opens a connection to `uri`'s authority (TCP, then TLS when
+    /// configured), counted in the open connections until the guard drops.
+    pub(crate) fn open(
+        &self,
+        uri: http::Uri,
+    ) -> impl Future<Output = Result<(Stream, OpenGuard), BoxError>> + Send + 'static {
         let host = uri.host().map(|h| h.trim_matches(['[', ']']).to_owned());
-        let connecting = self.inner.call(uri);
+        let connecting = tower_service::Service::call(&mut self.inner.clone(), uri);
         let open = self.open.clone();
         let tls = self.tls.clone();
-        Box::pin(async move {
+        async move {
             let tcp = connecting.await?.into_inner();
             let stream = match tls {
                 None => Stream::Plain { io: tcp },
@@ -127,11 +141,29 @@ impl tower_service::Service<http::Uri> for CountingConnector {
                     Stream::Tls { io: Box::new(io) }
                 }
             };
-            open.count.fetch_add(1, Ordering::Relaxed);
-            open.gauge.increment(1.0);
+            Ok((stream, OpenGuard::new(open)))
+        }
+    }
+}
+
+// A boxed future: connecting happens once per connection, not per request,
+// and `HttpConnecting` is not nameable from outside hyper-util.
+impl tower_service::Service<http::Uri> for CountingConnector {
+    type Response = CountedStream;
+    type Error = BoxError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let opening = self.open(uri);
+        Box::pin(async move {
+            let (stream, guard) = opening.await?;
             Ok(CountedStream {
                 io: TokioIo::new(stream),
-                open,
+                _guard: guard,
             })
         })
     }
@@ -142,15 +174,7 @@ pin_project! {
     pub(crate) struct CountedStream {
         #[pin]
         io: TokioIo<Stream>,
-        open: Arc<OpenConnections>,
-    }
-
-    impl PinnedDrop for CountedStream {
-        fn drop(this: Pin<&mut Self>) {
-            let open = this.project().open;
-            open.count.fetch_sub(1, Ordering::Relaxed);
-            open.gauge.decrement(1.0);
-        }
+        _guard: OpenGuard,
     }
 }
 
@@ -177,6 +201,16 @@ pin_project! {
     pub(crate) enum Stream {
         Plain { #[pin] io: TcpStream },
         Tls { #[pin] io: Box<TlsStream<TcpStream>> },
+    }
+}
+
+impl Stream {
+    /// The TCP connection under the stream.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain { io } => io,
+            Stream::Tls { io } => io.get_ref().0,
+        }
     }
 }
 

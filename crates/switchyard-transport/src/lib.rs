@@ -42,6 +42,7 @@ mod body;
 mod config;
 mod connect;
 mod error;
+mod h1;
 pub mod tls;
 mod transport;
 

@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use crate::{
     Body, Protocol, TransportConfig, TransportError,
     connect::{CountingConnector, OpenConnections},
+    h1,
 };
 
 /// Name of the gauge counting open outbound connections (labelled
@@ -31,6 +32,9 @@ pub const OPEN_CONNECTIONS_GAUGE: &str = "switchyard_upstream_connections_open";
 #[derive(Clone, Debug)]
 pub struct Transport {
     client: Client<CountingConnector, Body>,
+    // HTTP/1.1 requests with in-memory bodies go through our own client
+    // (see `h1`); streamed uploads and HTTP/2 through hyper's.
+    h1: Option<h1::Pool>,
     open: Arc<OpenConnections>,
     tls: bool,
 }
@@ -68,6 +72,13 @@ impl Transport {
             .transpose()?;
         let is_tls = tls.is_some();
         let connector = CountingConnector::new(config, tls, open.clone());
+        let h1 = (config.protocol == Protocol::Http1).then(|| {
+            h1::Pool::new(
+                connector.clone(),
+                config.pool_max_idle_per_endpoint,
+                config.pool_idle_timeout,
+            )
+        });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -77,6 +88,7 @@ impl Transport {
             .build(connector);
         Ok(Self {
             client,
+            h1,
             open,
             tls: is_tls,
         })
@@ -85,8 +97,20 @@ impl Transport {
     /// Sends `req` (which must carry an absolute `http://` URI) through the
     /// pool; the same as `Service::call` without needing `&mut self`.
     pub fn send(&self, req: http::Request<Body>) -> ResponseFuture {
+        if let Some(h1) = &self.h1
+            && req.body().is_replayable()
+            && req.method() != http::Method::CONNECT
+        {
+            return ResponseFuture {
+                inner: Inner::Own {
+                    fut: Box::pin(h1.send(req)),
+                },
+            };
+        }
         ResponseFuture {
-            inner: self.client.request(req),
+            inner: Inner::Hyper {
+                fut: self.client.request(req),
+            },
         }
     }
 
@@ -115,7 +139,17 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture {
         #[pin]
-        inner: ClientFuture,
+        inner: Inner,
+    }
+}
+
+type OwnFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, TransportError>> + Send>>;
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Hyper { #[pin] fut: ClientFuture },
+        Own { fut: OwnFuture },
     }
 }
 
@@ -129,10 +163,13 @@ impl Future for ResponseFuture {
     type Output = Result<http::Response<Body>, TransportError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.poll(cx) {
-            Poll::Ready(Ok(res)) => Poll::Ready(Ok(res.map(Body::streaming))),
-            Poll::Ready(Err(err)) => Poll::Ready(Err(TransportError::from_client(err))),
-            Poll::Pending => Poll::Pending,
+        match self.project().inner.project() {
+            InnerProj::Own { fut } => fut.as_mut().poll(cx),
+            InnerProj::Hyper { fut } => match fut.poll(cx) {
+                Poll::Ready(Ok(res)) => Poll::Ready(Ok(res.map(Body::streaming))),
+                Poll::Ready(Err(err)) => Poll::Ready(Err(TransportError::from_client(err))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }

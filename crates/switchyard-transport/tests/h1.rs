@@ -1,0 +1,369 @@
+//! The HTTP/1.1 client against a scripted raw TCP server: response framing,
+//! connection reuse, stale pooled connections and malformed responses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use switchyard_transport::{Body, Transport, TransportConfig, TransportErrorKind};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// What the server does with the next request it reads.
+enum Step {
+    /// Writes these bytes (in pieces split at every `|`, flushed apart, so
+    /// the client sees them arrive in several reads) and keeps reading.
+    Reply(&'static str),
+    /// Writes these bytes, then closes the connection.
+    ReplyAndClose(&'static str),
+    /// Closes the connection without answering.
+    Hang,
+}
+
+struct Script {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// Every request as received, head and body.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+async fn script(steps: Vec<Step>) -> Script {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let steps = Arc::new(Mutex::new(VecDeque::from(steps)));
+    let (count, log) = (accepted.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream, steps.clone(), log.clone()));
+        }
+    });
+    Script {
+        addr,
+        accepted,
+        seen,
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    steps: Arc<Mutex<VecDeque<Step>>>,
+    seen: Arc<Mutex<Vec<String>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        seen.lock().push(request);
+        let step = steps.lock().pop_front();
+        match step {
+            Some(Step::Reply(text)) => write_pieces(&mut stream, text).await,
+            Some(Step::ReplyAndClose(text)) => {
+                write_pieces(&mut stream, text).await;
+                return;
+            }
+            Some(Step::Hang) | None => return,
+        }
+    }
+}
+
+async fn write_pieces(stream: &mut TcpStream, text: &str) {
+    for piece in text.split('|') {
+        stream.write_all(piece.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Reads one request (head, plus a `content-length` body) off `stream`.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                let request = String::from_utf8_lossy(&buf[..end + 4 + len]).into_owned();
+                buf.drain(..end + 4 + len);
+                return Some(request);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn request(method: &str, addr: SocketAddr, path: &str, body: &'static str) -> http::Request<Body> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Body::full(body))
+        .unwrap()
+}
+
+/// Sends a request and reads the whole response: status, headers, body and
+/// trailers.
+async fn fetch(
+    transport: &Transport,
+    req: http::Request<Body>,
+) -> Result<
+    (
+        http::StatusCode,
+        http::HeaderMap,
+        Bytes,
+        Option<http::HeaderMap>,
+    ),
+    String,
+> {
+    let res = transport
+        .send(req)
+        .await
+        .map_err(|e| format!("{}: {e:?}", e.kind()))?;
+    let (parts, body) = res.into_parts();
+    let collected = body.collect().await.map_err(|e| format!("body: {e}"))?;
+    let trailers = collected.trailers().cloned();
+    Ok((parts.status, parts.headers, collected.to_bytes(), trailers))
+}
+
+#[tokio::test]
+async fn framing_of_responses_and_reuse_of_the_connection() {
+    let server = script(vec![
+        // Content-Length, the body arriving in pieces after the head.
+        Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n|hello| world"),
+        // Chunked, with an extension, split mid-size-line, and trailers.
+        Step::Reply(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhel|lo\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n",
+        ),
+        // An interim 100 Continue before the final response.
+        Step::Reply("HTTP/1.1 100 Continue\r\n\r\n|HTTP/1.1 204 No Content\r\n\r\n"),
+        // HEAD: a Content-Length but no body follows.
+        Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
+        // Equal duplicate Content-Length values are one length.
+        Step::Reply("HTTP/1.1 201 Created\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let transport = Transport::new(&TransportConfig::default()).unwrap();
+    let addr = server.addr;
+
+    let (status, headers, body, _) = fetch(&transport, request("GET", addr, "/a?x=1", ""))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"hello world"[..]));
+    assert_eq!(headers["content-length"], "11");
+
+    let (_, _, body, trailers) = fetch(&transport, request("GET", addr, "/chunked", ""))
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"hello world");
+    assert_eq!(trailers.unwrap()["x-sum"], "42");
+
+    let (status, _, body, _) = fetch(&transport, request("POST", addr, "/continue", "data"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.len()), (204, 0));
+
+    let (status, headers, body, _) = fetch(&transport, request("HEAD", addr, "/head", ""))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.len()), (200, 0));
+    assert_eq!(headers["content-length"], "1000");
+
+    let (status, _, body, _) = fetch(&transport, request("PUT", addr, "/dup", ""))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), &body[..]), (201, &b"ok"[..]));
+
+    // One connection carried all five, and it is still open in the pool.
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(transport.open_connections(), 1);
+
+    // What went on the wire: origin-form target, Host from the URI, a
+    // length only where there is a body or the method carries one.
+    let seen = server.seen.lock().clone();
+    assert!(
+        seen[0].starts_with("GET /a?x=1 HTTP/1.1\r\nhost: 127.0.0.1:"),
+        "{}",
+        seen[0]
+    );
+    assert!(!seen[0].contains("content-length"), "{}", seen[0]);
+    assert!(
+        seen[2].contains("content-length: 4\r\n") && seen[2].ends_with("\r\n\r\ndata"),
+        "{}",
+        seen[2]
+    );
+    assert!(seen[4].contains("content-length: 0\r\n"), "{}", seen[4]);
+}
+
+#[tokio::test]
+async fn a_response_without_length_reads_to_close_and_the_connection_is_not_reused() {
+    let server = script(vec![
+        Step::ReplyAndClose("HTTP/1.1 200 OK\r\n\r\nuntil |the end"),
+        Step::Reply("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        Step::Reply("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"),
+        Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let transport = Transport::new(&TransportConfig::default()).unwrap();
+    let (_, _, body, _) = fetch(&transport, request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"until the end");
+    // HTTP/1.0 without keep-alive, and `connection: close`: not reused either.
+    fetch(&transport, request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    fetch(&transport, request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    fetch(&transport, request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 4);
+    assert_eq!(transport.open_connections(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_pooled_connection_is_retried_once_for_idempotent_requests_only() {
+    let server = script(vec![
+        Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        // The pooled connection is closed when the next request arrives...
+        Step::Hang,
+        // ...and the GET is sent again on a new connection.
+        Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain"),
+        Step::Hang,
+    ])
+    .await;
+    let transport = Transport::new(&TransportConfig::default()).unwrap();
+    let addr = server.addr;
+    fetch(&transport, request("GET", addr, "/", ""))
+        .await
+        .unwrap();
+    let (_, _, body, _) = fetch(&transport, request("GET", addr, "/", ""))
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"again");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+
+    // A POST is not repeated: the endpoint may have acted on it.
+    let err = fetch(&transport, request("POST", addr, "/", "x"))
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("closed"), "{err}");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(server.seen.lock().len(), 4);
+}
+
+#[tokio::test]
+async fn malformed_responses_are_protocol_errors_and_close_the_connection() {
+    for bad in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+        "HTTP/1.1 2000 Weird\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        "NOT HTTP AT ALL\r\n\r\n",
+    ] {
+        let server = script(vec![Step::Reply(bad)]).await;
+        let transport = Transport::new(&TransportConfig::default()).unwrap();
+        let err = transport
+            .send(request("GET", server.addr, "/", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), TransportErrorKind::Protocol, "{bad:?}: {err:?}");
+        assert_eq!(transport.open_connections(), 0, "{bad:?}");
+    }
+
+    // A bad chunk inside the body fails the body, not the head.
+    let server = script(vec![Step::Reply(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    )])
+    .await;
+    let transport = Transport::new(&TransportConfig::default()).unwrap();
+    let res = transport
+        .send(request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    assert!(res.into_body().collect().await.is_err());
+    assert_eq!(transport.open_connections(), 0);
+
+    // A body cut short by the endpoint is an error, never a short success.
+    let server = script(vec![Step::ReplyAndClose(
+        "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+    )])
+    .await;
+    let res = transport
+        .send(request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    assert!(res.into_body().collect().await.is_err());
+}
+
+#[tokio::test]
+async fn a_large_body_streams_and_a_dropped_body_closes_its_connection() {
+    static BIG: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        let body = "x".repeat(300_000);
+        Box::leak(
+            format!("HTTP/1.1 200 OK\r\ncontent-length: 300000\r\n\r\n{body}").into_boxed_str(),
+        )
+    });
+    let server = script(vec![Step::Reply(&BIG), Step::Reply(&BIG)]).await;
+    let transport = Transport::new(&TransportConfig::default()).unwrap();
+
+    let (_, _, body, _) = fetch(&transport, request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    assert_eq!(body.len(), 300_000);
+    assert_eq!(transport.open_connections(), 1);
+
+    // Read the head, drop the body unread: the connection can't be reused.
+    let res = transport
+        .send(request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    assert_eq!(transport.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let server = script(vec![Step::Reply(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    let config = TransportConfig {
+        pool_idle_timeout: Duration::from_secs(30),
+        ..TransportConfig::default()
+    };
+    let transport = Transport::new(&config).unwrap();
+    fetch(&transport, request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    assert_eq!(transport.open_connections(), 1);
+
+    // On tokio's paused clock, the idle sweep runs and closes it.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(transport.open_connections(), 0);
+}
