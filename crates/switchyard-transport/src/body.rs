@@ -72,8 +72,13 @@ impl Body {
         }
     }
 
-    /// A body streamed from a connection; it can be sent only once.
+    /// A body streamed from a connection; it can be sent only once. A body
+    /// already known to be empty (a GET without one) is an in-memory empty
+    /// body instead, so it can be replayed.
     pub fn streaming(incoming: hyper::body::Incoming) -> Self {
+        if http_body::Body::is_end_stream(&incoming) {
+            return Self::empty();
+        }
         Self {
             kind: Kind::Stream {
                 prefix: None,

@@ -7,6 +7,16 @@
 //! with absolute `http://host:port/...` URIs; the client crate's balancer
 //! picks the endpoint and writes it into the URI.
 //!
+//! HTTP/1.1 requests whose body is in memory (empty, or buffered for
+//! retries: the proxy's usual case) go through a client of our own: the
+//! task sending the request writes it and reads the response on a pooled
+//! connection itself, and a response whose body has already arrived comes
+//! back in memory with its connection returned to the pool at once.
+//! Streamed uploads and HTTP/2 go through hyper's pooled client. Idle
+//! connections closed by the endpoint are noticed without a system call and
+//! dropped; an idempotent request that meets a connection closed at the
+//! moment it was reused is sent once more on a new connection.
+//!
 //! Defaults ([`TransportConfig`]): `protocol = "http1"`, `connect_timeout =
 //! "1s"`, `pool_idle_timeout = "90s"`, `pool_max_idle_per_endpoint = 256`,
 //! `tcp_keepalive = "60s"`. Sockets use `TCP_NODELAY`.
