@@ -224,7 +224,9 @@ impl Observer for MetricsObserver {
 /// global recorder is set. Other events go through [`MetricsObserver`].
 #[derive(Debug, Default)]
 pub struct CachedMetricsObserver {
-    services: parking_lot::Mutex<HashMap<Box<str>, ServiceSeries>>,
+    // foldhash: looked up twice per call; SipHash's DoS resistance buys
+    // nothing for keys that come from the configuration.
+    services: parking_lot::Mutex<HashMap<Box<str>, ServiceSeries, foldhash::fast::RandomState>>,
 }
 
 /// The cached handles of one service, per outcome (a handful each).

@@ -74,7 +74,9 @@ impl std::fmt::Debug for Pool {
 
 struct PoolInner {
     connector: CountingConnector,
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    // foldhash: hashed twice per request; the keys are our own endpoints,
+    // so SipHash's DoS resistance buys nothing here.
+    idle: Mutex<HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>>,
     max_idle: usize,
     idle_timeout: Duration,
     reaper_started: AtomicBool,
@@ -103,7 +105,7 @@ impl Pool {
         Self {
             inner: Arc::new(PoolInner {
                 connector,
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(HashMap::default()),
                 max_idle,
                 idle_timeout,
                 reaper_started: AtomicBool::new(false),
@@ -226,7 +228,10 @@ impl PoolInner {
             return;
         }
         let mut idle = self.idle.lock();
-        let list = idle.entry(conn.authority.clone()).or_default();
+        let list = match idle.get_mut(&conn.authority) {
+            Some(list) => list,
+            None => idle.entry(conn.authority.clone()).or_default(),
+        };
         if list.len() < self.max_idle {
             list.push(Idle {
                 conn,
@@ -394,9 +399,13 @@ enum Chunk {
 
 /// Parses one response head off the front of `buf`. `None`: more bytes needed.
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Failure> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(Failure::protocol(format!(
@@ -424,18 +433,19 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
         return Ok(Some(Parsed::Informational));
     }
 
-    // Header values are slices of the head's bytes, not copies.
+    // Framing and persistence are read off the raw fields in the same pass
+    // that records where each value lies; the values become slices of the
+    // head's bytes, not copies.
+    let mut framing = FramingFields::default();
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(HeaderName, std::ops::Range<usize>)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| Failure::protocol(format!("invalid header name {:?}", h.name)))?;
-            let start = h.value.as_ptr() as usize - base;
-            Ok((name, start..start + h.value.len()))
-        })
-        .collect::<Result<_, Failure>>()?;
+    let mut spans = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| Failure::protocol(format!("invalid header name {:?}", h.name)))?;
+        framing.note(&name, h.value)?;
+        let start = h.value.as_ptr() as usize - base;
+        spans.push((name, start..start + h.value.len()));
+    }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
     for (name, range) in spans {
@@ -444,73 +454,83 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
         headers.append(name, value);
     }
 
-    let keep_alive = keeps_alive(version, &headers);
     let no_body =
         head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let framing = if no_body {
+    let body = if no_body {
         Framing::Length(0)
     } else {
-        framing_of(&headers)?
+        framing.framing()
     };
-    let keep_alive = keep_alive && !matches!(framing, Framing::Close);
+    let keep_alive = if version == Version::HTTP_10 {
+        framing.keep_alive
+    } else {
+        !framing.close
+    };
     let mut response = http::Response::new(Body::empty());
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
     Ok(Some(Parsed::Final(Head {
         response,
-        framing,
-        keep_alive,
+        keep_alive: keep_alive && !matches!(body, Framing::Close),
+        framing: body,
     })))
 }
 
-fn framing_of(headers: &HeaderMap) -> Result<Framing, Failure> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        let last = codings
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .last();
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::Close,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let n = std::str::from_utf8(part)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| Failure::protocol("invalid Content-Length in the response"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Failure::protocol(
-                    "conflicting Content-Length values in the response",
-                ));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::Close, Framing::Length))
+/// What a response's fields say about its framing and persistence.
+#[derive(Default)]
+struct FramingFields {
+    length: Option<u64>,
+    /// `Some(true)`: the last transfer coding is `chunked`.
+    chunked: Option<bool>,
+    close: bool,
+    keep_alive: bool,
 }
 
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if version == Version::HTTP_10 {
-        says("keep-alive")
-    } else {
-        !says("close")
+impl FramingFields {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Failure> {
+        if name == header::CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| Failure::protocol("invalid Content-Length in the response"))?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(Failure::protocol(
+                        "conflicting Content-Length values in the response",
+                    ));
+                }
+                self.length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // Only the last coding of the last field counts.
+            if let Some(last) = value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|c| !c.is_empty())
+            {
+                self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else {
+                self.chunked.get_or_insert(false);
+            }
+        } else if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+
+    /// RFC 9112 §6.3: a transfer coding wins over a length; a coding other
+    /// than chunked last, or no length at all, reads to the close.
+    fn framing(&self) -> Framing {
+        match (self.chunked, self.length) {
+            (Some(true), _) => Framing::Chunked(Chunk::Size),
+            (Some(false), _) | (None, None) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+        }
     }
 }
 

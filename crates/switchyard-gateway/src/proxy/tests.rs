@@ -103,3 +103,18 @@ async fn deadline_header_carries_the_time_left_when_the_request_leaves() {
         None
     );
 }
+
+#[test]
+fn client_addresses_are_written_as_display_writes_them() {
+    for ip in [
+        "127.0.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.20.3.4",
+        "::1",
+        "2001:db8::7",
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        assert_eq!(ip_text(ip), ip.to_string());
+    }
+}
