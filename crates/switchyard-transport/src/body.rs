@@ -40,10 +40,11 @@ pin_project! {
             allowed: Option<u64>,
             limit: u64,
         },
-        // A response read from its connection by our HTTP/1.1 client.
+        // A response read from its connection by our HTTP/1.1 client
+        // (boxed: it would double the size of every request moved through
+        // the policy layers, and only responses still arriving use it).
         Upstream {
-            #[pin]
-            body: crate::h1::ResponseBody,
+            body: Box<crate::h1::ResponseBody>,
         },
     }
 }
@@ -92,7 +93,9 @@ impl Body {
     /// A response body our HTTP/1.1 client reads from its connection.
     pub(crate) fn upstream(body: crate::h1::ResponseBody) -> Self {
         Self {
-            kind: Kind::Upstream { body },
+            kind: Kind::Upstream {
+                body: Box::new(body),
+            },
         }
     }
 
@@ -250,7 +253,7 @@ impl http_body::Body for Body {
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            KindProj::Upstream { body } => body.poll_frame(cx),
+            KindProj::Upstream { body } => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
