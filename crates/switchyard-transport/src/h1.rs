@@ -17,7 +17,9 @@
 //! 304; `Transfer-Encoding` ending in `chunked` is decoded; another
 //! `Transfer-Encoding` or no length at all reads to the end of the
 //! connection; `Content-Length` must be one valid number (equal duplicates
-//! are allowed). A connection is reused only when the response said so
+//! are allowed). `Connection: keep-alive|close` and `Keep-Alive` are acted
+//! on here and not passed up (a `Connection` naming other fields is). A
+//! connection is reused only when the response said so
 //! (HTTP/1.1 without `Connection: close`, or HTTP/1.0 with `keep-alive`) and
 //! was read exactly to its end.
 
@@ -442,7 +444,9 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Failure::protocol(format!("invalid header name {:?}", h.name)))?;
-        framing.note(&name, h.value)?;
+        if framing.note(&name, h.value)? {
+            continue;
+        }
         let start = h.value.as_ptr() as usize - base;
         spans.push((name, start..start + h.value.len()));
     }
@@ -488,7 +492,12 @@ struct FramingFields {
 }
 
 impl FramingFields {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Failure> {
+    /// Records what the field says; true when the field only managed this
+    /// connection and was fully acted on here (`Keep-Alive`, or a
+    /// `Connection` naming nothing but `keep-alive`/`close`), so it is not
+    /// passed up. A `Connection` naming other fields is kept, so a proxy
+    /// above can remove the fields it names.
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Failure> {
         if name == header::CONTENT_LENGTH {
             for part in value.split(|&b| b == b',') {
                 let part = part.trim_ascii();
@@ -515,12 +524,19 @@ impl FramingFields {
                 self.chunked.get_or_insert(false);
             }
         } else if name == header::CONNECTION {
+            let mut only_management = true;
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                only_management &= close || keep_alive || token.is_empty();
             }
+            return Ok(only_management);
+        } else if name.as_str() == "keep-alive" {
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// RFC 9112 §6.3: a transfer coding wins over a length; a coding other

@@ -150,7 +150,9 @@ async fn fetch(
 async fn framing_of_responses_and_reuse_of_the_connection() {
     let server = script(vec![
         // Content-Length, the body arriving in pieces after the head.
-        Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n|hello| world"),
+        Step::Reply(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ncontent-length: 11\r\n\r\n|hello| world",
+        ),
         // Chunked, with an extension, split mid-size-line, and trailers.
         Step::Reply(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhel|lo\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n",
@@ -171,6 +173,8 @@ async fn framing_of_responses_and_reuse_of_the_connection() {
         .unwrap();
     assert_eq!((status.as_u16(), &body[..]), (200, &b"hello world"[..]));
     assert_eq!(headers["content-length"], "11");
+    // Fields that only managed the connection were acted on, not passed up.
+    assert!(!headers.contains_key("connection") && !headers.contains_key("keep-alive"));
 
     let (_, _, body, trailers) = fetch(&transport, request("GET", addr, "/chunked", ""))
         .await
@@ -220,7 +224,9 @@ async fn a_response_without_length_reads_to_close_and_the_connection_is_not_reus
     let server = script(vec![
         Step::ReplyAndClose("HTTP/1.1 200 OK\r\n\r\nuntil |the end"),
         Step::Reply("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"),
-        Step::Reply("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"),
+        Step::Reply(
+            "HTTP/1.1 200 OK\r\nconnection: close, x-private\r\nx-private: 1\r\ncontent-length: 2\r\n\r\nok",
+        ),
         Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
     ])
     .await;
@@ -233,9 +239,11 @@ async fn a_response_without_length_reads_to_close_and_the_connection_is_not_reus
     fetch(&transport, request("GET", server.addr, "/", ""))
         .await
         .unwrap();
-    fetch(&transport, request("GET", server.addr, "/", ""))
+    // A `Connection` naming another field stays, for the proxy to act on.
+    let (_, headers, _, _) = fetch(&transport, request("GET", server.addr, "/", ""))
         .await
         .unwrap();
+    assert_eq!(headers["connection"], "close, x-private");
     fetch(&transport, request("GET", server.addr, "/", ""))
         .await
         .unwrap();
