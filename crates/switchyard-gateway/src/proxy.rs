@@ -119,8 +119,18 @@ pub const MAX_PROPAGATED_DEADLINE_MS: u64 = 24 * 60 * 60 * 1000;
 /// Longest incoming request id kept.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The upstream service type: the policy stack around a service client.
-pub type UpstreamService = BoxCloneSyncService<Request<Body>, Response<Body>, Error>;
+/// The policy stack the gateway builds around a service's client.
+pub type PolicyStack = switchyard_policy::PolicyService<
+    DeadlineHeader<switchyard_client::ServiceClient>,
+    switchyard_policy::HttpClassifier,
+>;
+
+/// The upstream service type: the configured policy stack, held by its
+/// concrete type so that a call neither boxes a clone of the stack nor its
+/// future (both were per-request allocations), or any other service in a
+/// box (tests, embedders): `Either::Right(BoxCloneSyncService::new(svc))`.
+pub type UpstreamService =
+    tower::util::Either<PolicyStack, BoxCloneSyncService<Request<Body>, Response<Body>, Error>>;
 
 /// Where one route's (or one sidecar service's) requests go.
 #[derive(Clone)]
@@ -148,6 +158,9 @@ impl std::fmt::Debug for Upstream {
 
 /// What answers a matched route.
 #[derive(Debug)]
+// Built once per configuration load and never moved per request; boxing
+// the upstream would add a pointer hop to every proxied request.
+#[allow(clippy::large_enum_variant)]
 pub enum Handler {
     /// Proxy the request to one upstream.
     Proxy(Upstream),

@@ -16,7 +16,7 @@ use serde::Serialize;
 use switchyard_client::ServiceClient;
 use switchyard_discovery::{Discovery, StaticDiscovery, registry::RegistryDiscovery};
 use switchyard_policy::{Events, HttpClassifier, Observer, Policy, PolicyConfig};
-use tower::{Layer, util::BoxCloneSyncService};
+use tower::Layer;
 
 use crate::{
     auth::{Authenticator, Authorizer},
@@ -333,6 +333,6 @@ fn upstream(service: &str, entry: &ServiceEntry, policy: &HttpPolicy) -> Upstrea
         service: service.to_owned(),
         retry_body_limit: entry.config.retry_body_limit,
         retries_enabled: policy.config().retry.max_attempts > 1 || policy.config().hedge.is_some(),
-        svc: BoxCloneSyncService::new(svc),
+        svc: tower::util::Either::Left(svc),
     }
 }

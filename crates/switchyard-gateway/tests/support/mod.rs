@@ -154,7 +154,7 @@ pub fn upstream(service: &str, backend: SocketAddr, retries_enabled: bool) -> Up
         service: service.to_owned(),
         retries_enabled,
         retry_body_limit: 64 * 1024,
-        svc: BoxCloneSyncService::new(svc),
+        svc: tower::util::Either::Right(BoxCloneSyncService::new(svc)),
     }
 }
 
