@@ -78,10 +78,30 @@ struct PoolInner {
     connector: CountingConnector,
     // foldhash: hashed twice per request; the keys are our own endpoints,
     // so SipHash's DoS resistance buys nothing here.
-    idle: Mutex<HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>, foldhash::fast::RandomState>>,
     max_idle: usize,
     idle_timeout: Duration,
     reaper_started: AtomicBool,
+}
+
+/// An endpoint's authority, hashed and compared byte for byte: the
+/// `Authority` impls ignore ASCII case, which costs more than the lookup
+/// (a case difference only splits a pool in two).
+#[derive(Clone)]
+struct Key(Authority);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state);
+    }
 }
 
 struct Idle {
@@ -94,7 +114,7 @@ struct Idle {
 struct Conn {
     io: Stream,
     buf: BytesMut,
-    authority: Authority,
+    authority: Key,
     _open: OpenGuard,
 }
 
@@ -124,27 +144,27 @@ impl Pool {
         let pool = self.inner.clone();
         async move {
             let (parts, body) = req.into_parts();
-            let authority = parts.uri.authority().cloned().ok_or_else(|| {
+            let key = Key(parts.uri.authority().cloned().ok_or_else(|| {
                 TransportError::new(
                     TransportErrorKind::Request,
                     "the request URI has no authority (host:port)",
                 )
-            })?;
+            })?);
             let data = body.into_full().ok_or_else(|| {
                 TransportError::new(
                     TransportErrorKind::Request,
                     "the request body is not in memory",
                 )
             })?;
-            let wire = encode_request(&parts, &authority, &data);
+            let wire = encode_request(&parts, &key.0, &data);
             let head_only = parts.method == Method::HEAD;
             let mut fresh_only = false;
             loop {
-                let (mut conn, reused) =
-                    match (!fresh_only).then(|| pool.checkout(&authority)).flatten() {
-                        Some(conn) => (conn, true),
-                        None => (pool.connect(&parts.uri, authority.clone()).await?, false),
-                    };
+                let (mut conn, reused) = match (!fresh_only).then(|| pool.checkout(&key)).flatten()
+                {
+                    Some(conn) => (conn, true),
+                    None => (pool.connect(&parts.uri, key.clone()).await?, false),
+                };
                 match conn.round_trip(&wire, head_only).await {
                     Ok(head) => return Ok(pool.finish(conn, head)),
                     // A pooled connection the endpoint closed while it sat
@@ -166,7 +186,7 @@ impl Pool {
 impl PoolInner {
     /// The most recently used idle connection to `authority` that is still
     /// open, if any.
-    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+    fn checkout(&self, authority: &Key) -> Option<Conn> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(authority)?;
         while let Some(Idle { conn, since }) = list.pop() {
@@ -177,7 +197,7 @@ impl PoolInner {
         None
     }
 
-    async fn connect(&self, uri: &http::Uri, authority: Authority) -> Result<Conn, TransportError> {
+    async fn connect(&self, uri: &http::Uri, authority: Key) -> Result<Conn, TransportError> {
         let (io, open) = self
             .connector
             .open(uri.clone())
