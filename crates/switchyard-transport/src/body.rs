@@ -73,13 +73,10 @@ impl Body {
         }
     }
 
-    /// A body streamed from a connection; it can be sent only once. A body
-    /// already known to be empty (a GET without one) is an in-memory empty
-    /// body instead, so it can be replayed.
+    /// A body streamed from a connection; it can be sent only once (even
+    /// when it is empty: the gateway streams the bodies of requests that
+    /// must not be repeated, and a retry repeats whatever it can copy).
     pub fn streaming(incoming: hyper::body::Incoming) -> Self {
-        if http_body::Body::is_end_stream(&incoming) {
-            return Self::empty();
-        }
         Self {
             kind: Kind::Stream {
                 prefix: None,
@@ -99,10 +96,26 @@ impl Body {
         }
     }
 
-    /// The bytes of an in-memory body; `None` for a streamed one.
-    pub(crate) fn into_full(self) -> Option<Bytes> {
+    /// True when the body is in memory or already known to be empty: what
+    /// our HTTP/1.1 client can send (see [`Body::into_sendable`]).
+    pub(crate) fn is_sendable_whole(&self) -> bool {
+        match &self.kind {
+            Kind::Full { .. } => true,
+            Kind::Stream { prefix, rest, .. } => {
+                prefix.is_none() && http_body::Body::is_end_stream(rest)
+            }
+            Kind::TooLarge { .. } | Kind::Upstream { .. } => false,
+        }
+    }
+
+    /// The bytes of an in-memory body, or none for a stream known to be
+    /// empty; `None` for any other body.
+    pub(crate) fn into_sendable(self) -> Option<Bytes> {
         match self.kind {
             Kind::Full { data } => Some(data.unwrap_or_default()),
+            Kind::Stream {
+                prefix: None, rest, ..
+            } if http_body::Body::is_end_stream(&rest) => Some(Bytes::new()),
             _ => None,
         }
     }

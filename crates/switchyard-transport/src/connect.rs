@@ -205,6 +205,18 @@ pin_project! {
 }
 
 impl Stream {
+    /// False when TLS holds plaintext nobody read or the peer's
+    /// `close_notify`: such a connection can't carry another request.
+    pub(crate) fn is_clean(&mut self) -> bool {
+        match self {
+            Stream::Plain { .. } => true,
+            Stream::Tls { io } => match io.get_mut().1.process_new_packets() {
+                Ok(state) => state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed(),
+                Err(_) => false,
+            },
+        }
+    }
+
     /// The TCP connection under the stream.
     pub(crate) fn tcp(&self) -> &TcpStream {
         match self {

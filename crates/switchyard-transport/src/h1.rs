@@ -150,7 +150,7 @@ impl Pool {
                     "the request URI has no authority (host:port)",
                 )
             })?);
-            let data = body.into_full().ok_or_else(|| {
+            let data = body.into_sendable().ok_or_else(|| {
                 TransportError::new(
                     TransportErrorKind::Request,
                     "the request body is not in memory",
@@ -243,10 +243,10 @@ impl PoolInner {
 
     /// Puts a connection whose response was read to its end back in the
     /// pool, or closes it.
-    fn release(self: &Arc<Self>, conn: Conn, keep_alive: bool) {
+    fn release(self: &Arc<Self>, mut conn: Conn, keep_alive: bool) {
         // Bytes past the response mean the endpoint sent more than one
         // response: the connection can't be trusted with another request.
-        if !keep_alive || !conn.buf.is_empty() || self.max_idle == 0 {
+        if !keep_alive || !conn.buf.is_empty() || self.max_idle == 0 || !conn.io.is_clean() {
             return;
         }
         let mut idle = self.idle.lock();
@@ -283,7 +283,20 @@ impl PoolInner {
     }
 }
 
+/// Lets the next release start a new sweep when this one ends (its runtime
+/// shut down while the pool lives on).
+struct SweepRunning(Weak<PoolInner>);
+
+impl Drop for SweepRunning {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.reaper_started.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn reap(pool: Weak<PoolInner>, period: Duration) {
+    let _running = SweepRunning(pool.clone());
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -470,12 +483,26 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
         let start = h.value.as_ptr() as usize - base;
         spans.push((name, start..start + h.value.len()));
     }
+    // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; the framing of such
+    // a response can't be trusted.
+    if framing.chunked.is_some() && version == Version::HTTP_10 {
+        return Err(Failure::protocol(
+            "an HTTP/1.0 response with Transfer-Encoding",
+        ));
+    }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
     for (name, range) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| Failure::protocol(format!("invalid value for header {name}")))?;
         headers.append(name, value);
+    }
+    // §6.3: with both, Transfer-Encoding wins; the length is removed before
+    // the response goes further, and the connection is not reused (the
+    // message may be an attempt at response splitting).
+    let both = framing.chunked.is_some() && framing.length.is_some();
+    if both {
+        headers.remove(header::CONTENT_LENGTH);
     }
 
     let no_body =
@@ -485,11 +512,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
     } else {
         framing.framing()
     };
-    let keep_alive = if version == Version::HTTP_10 {
-        framing.keep_alive
-    } else {
-        !framing.close
-    };
+    let keep_alive = !both && !framing.close && (version != Version::HTTP_10 || framing.keep_alive);
     let mut response = http::Response::new(Body::empty());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -682,6 +705,12 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, BoxError> {
                     return Ok(Step::More);
                 }
                 return Ok(Step::Frame(Frame::data(buf.split().freeze())));
+            }
+            // httparse reads a size line without digits as 0, the last chunk.
+            Framing::Chunked(Chunk::Size)
+                if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) =>
+            {
+                return Err("a chunk-size line without a size in the response body".into());
             }
             Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, size))) => {

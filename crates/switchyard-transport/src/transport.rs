@@ -98,7 +98,7 @@ impl Transport {
     /// pool; the same as `Service::call` without needing `&mut self`.
     pub fn send(&self, req: http::Request<Body>) -> ResponseFuture {
         if let Some(h1) = &self.h1
-            && req.body().is_replayable()
+            && req.body().is_sendable_whole()
             && req.method() != http::Method::CONNECT
         {
             return ResponseFuture {

@@ -291,6 +291,7 @@ async fn malformed_responses_are_protocol_errors_and_close_the_connection() {
         "HTTP/1.1 2000 Weird\r\n\r\n",
         "HTTP/1.1 101 Switching Protocols\r\n\r\n",
         "NOT HTTP AT ALL\r\n\r\n",
+        "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
     ] {
         let server = script(vec![Step::Reply(bad)]).await;
         let transport = Transport::new(&TransportConfig::default()).unwrap();
@@ -302,18 +303,41 @@ async fn malformed_responses_are_protocol_errors_and_close_the_connection() {
         assert_eq!(transport.open_connections(), 0, "{bad:?}");
     }
 
-    // A bad chunk inside the body fails the body, not the head.
-    let server = script(vec![Step::Reply(
+    // A bad chunk inside the body fails the body, not the head; so does a
+    // size line without digits (which must not read as the last chunk).
+    for bad in [
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
-    )])
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n;ext\r\n\r\n",
+    ] {
+        let server = script(vec![Step::Reply(bad)]).await;
+        let transport = Transport::new(&TransportConfig::default()).unwrap();
+        let res = transport
+            .send(request("GET", server.addr, "/", ""))
+            .await
+            .unwrap();
+        assert!(res.into_body().collect().await.is_err(), "{bad:?}");
+        assert_eq!(transport.open_connections(), 0);
+    }
+
+    // Both a length and chunked: chunked wins, the length is not passed up,
+    // and the connection is not reused.
+    let server = script(vec![
+        Step::Reply(
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    ])
     .await;
     let transport = Transport::new(&TransportConfig::default()).unwrap();
-    let res = transport
-        .send(request("GET", server.addr, "/", ""))
+    let (_, headers, body, _) = fetch(&transport, request("GET", server.addr, "/", ""))
         .await
         .unwrap();
-    assert!(res.into_body().collect().await.is_err());
-    assert_eq!(transport.open_connections(), 0);
+    assert_eq!(&body[..], b"ok");
+    assert!(!headers.contains_key("content-length"));
+    fetch(&transport, request("GET", server.addr, "/", ""))
+        .await
+        .unwrap();
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 
     // A body cut short by the endpoint is an error, never a short success.
     let server = script(vec![Step::ReplyAndClose(

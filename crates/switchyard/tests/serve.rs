@@ -190,6 +190,31 @@ budget = { retry_ratio = 0.1, min_retries_per_second = 1, ttl = "10s" }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_sent_once_even_without_a_body_while_a_get_is_retried() {
+    let backend = Backend::start("b").await;
+    backend.set(Mode::Status(503));
+    let gw = Switchyard::start(&config(
+        &[backend.addr],
+        r#"[services.app.outlier]
+consecutive_failures = 0
+success_rate_threshold = 0.0
+[services.app.policy.breaker]
+mode = "disabled"
+[services.app.policy.retry]
+max_attempts = 3
+base_delay = "1ms"
+"#,
+    ));
+    let http = client();
+    assert_eq!(send(&http, "GET", &gw.url("/x")).await.0, 503);
+    assert_eq!(backend.hits(), 3, "a GET is retried");
+    // An empty body is still a POST's: not repeated (the upstream may have
+    // acted on it), whichever client sends it upstream.
+    assert_eq!(send(&http, "POST", &gw.url("/x")).await.0, 503);
+    assert_eq!(backend.hits(), 4, "a POST without a body was repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_under_load_loses_no_request_and_a_bad_config_is_refused() {
     let backend = Backend::start("b").await;
     let text = config(&[backend.addr], "");
