@@ -96,27 +96,17 @@ impl Body {
         }
     }
 
-    /// True when the body is in memory or already known to be empty: what
-    /// our HTTP/1.1 client can send (see [`Body::into_sendable`]).
-    pub(crate) fn is_sendable_whole(&self) -> bool {
-        match &self.kind {
-            Kind::Full { .. } => true,
-            Kind::Stream { prefix, rest, .. } => {
-                prefix.is_none() && http_body::Body::is_end_stream(rest)
-            }
-            Kind::TooLarge { .. } | Kind::Upstream { .. } => false,
-        }
-    }
-
     /// The bytes of an in-memory body, or none for a stream known to be
-    /// empty; `None` for any other body.
-    pub(crate) fn into_sendable(self) -> Option<Bytes> {
+    /// empty: what our HTTP/1.1 client sends. Any other body comes back.
+    pub(crate) fn into_sendable(self) -> Result<Bytes, Self> {
         match self.kind {
-            Kind::Full { data } => Some(data.unwrap_or_default()),
+            Kind::Full { data } => Ok(data.unwrap_or_default()),
             Kind::Stream {
-                prefix: None, rest, ..
-            } if http_body::Body::is_end_stream(&rest) => Some(Bytes::new()),
-            _ => None,
+                prefix: None,
+                ref rest,
+                ..
+            } if http_body::Body::is_end_stream(rest) => Ok(Bytes::new()),
+            kind => Err(Self { kind }),
         }
     }
 

@@ -135,27 +135,21 @@ impl Pool {
         }
     }
 
-    /// Sends `req`, whose body must be in memory, and reads the response
-    /// head (and the body too, when it has already arrived).
+    /// Sends the request `parts` with the body `data`, and reads the
+    /// response head (and the body too, when it has already arrived).
     pub(crate) fn send(
         &self,
-        req: http::Request<Body>,
+        parts: http::request::Parts,
+        data: Bytes,
     ) -> impl Future<Output = Result<http::Response<Body>, TransportError>> + Send + 'static {
         let pool = self.inner.clone();
         async move {
-            let (parts, body) = req.into_parts();
             let key = Key(parts.uri.authority().cloned().ok_or_else(|| {
                 TransportError::new(
                     TransportErrorKind::Request,
                     "the request URI has no authority (host:port)",
                 )
             })?);
-            let data = body.into_sendable().ok_or_else(|| {
-                TransportError::new(
-                    TransportErrorKind::Request,
-                    "the request body is not in memory",
-                )
-            })?;
             let wire = encode_request(&parts, &key.0, &data);
             let head_only = parts.method == Method::HEAD;
             let mut fresh_only = false;
@@ -189,9 +183,9 @@ impl PoolInner {
     fn checkout(&self, authority: &Key) -> Option<Conn> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(authority)?;
-        while let Some(Idle { conn, since }) = list.pop() {
-            if since.elapsed() < self.idle_timeout && conn.is_open_and_quiet() {
-                return Some(conn);
+        while let Some(idle) = list.pop() {
+            if idle.is_usable(self.idle_timeout) {
+                return Some(idle.conn);
             }
         }
         None
@@ -305,9 +299,17 @@ async fn reap(pool: Weak<PoolInner>, period: Duration) {
         let Some(pool) = pool.upgrade() else { return };
         let mut idle = pool.idle.lock();
         for list in idle.values_mut() {
-            list.retain(|i| i.since.elapsed() < pool.idle_timeout && i.conn.is_open_and_quiet());
+            list.retain(|i| i.is_usable(pool.idle_timeout));
         }
         idle.retain(|_, list| !list.is_empty());
+    }
+}
+
+impl Idle {
+    /// Not idle past `timeout`, and neither closed nor written to by the
+    /// endpoint meanwhile.
+    fn is_usable(&self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && self.conn.is_open_and_quiet()
     }
 }
 

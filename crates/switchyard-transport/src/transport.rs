@@ -96,16 +96,21 @@ impl Transport {
 
     /// Sends `req` (which must carry an absolute `http://` URI) through the
     /// pool; the same as `Service::call` without needing `&mut self`.
-    pub fn send(&self, req: http::Request<Body>) -> ResponseFuture {
+    pub fn send(&self, mut req: http::Request<Body>) -> ResponseFuture {
         if let Some(h1) = &self.h1
-            && req.body().is_sendable_whole()
             && req.method() != http::Method::CONNECT
         {
-            return ResponseFuture {
-                inner: Inner::Own {
-                    fut: Box::pin(h1.send(req)),
-                },
-            };
+            let (parts, body) = req.into_parts();
+            match body.into_sendable() {
+                Ok(data) => {
+                    return ResponseFuture {
+                        inner: Inner::Own {
+                            fut: Box::pin(h1.send(parts, data)),
+                        },
+                    };
+                }
+                Err(body) => req = http::Request::from_parts(parts, body),
+            }
         }
         ResponseFuture {
             inner: Inner::Hyper {

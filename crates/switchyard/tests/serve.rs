@@ -157,13 +157,9 @@ async fn an_open_breaker_answers_503_problem_without_touching_the_upstream() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_stop_at_the_budget() {
-    let backend = Backend::start("b").await;
-    backend.set(Mode::Status(503));
-    let gw = Switchyard::start(&config(
-        &[backend.addr],
-        r#"[services.app.outlier]
+/// Every failure is retried (3 attempts, no breaker, no ejection); the
+/// retry table is left open for more keys.
+const RETRY_EVERY_FAILURE: &str = r#"[services.app.outlier]
 consecutive_failures = 0
 success_rate_threshold = 0.0
 [services.app.policy.breaker]
@@ -171,8 +167,17 @@ mode = "disabled"
 [services.app.policy.retry]
 max_attempts = 3
 base_delay = "1ms"
-budget = { retry_ratio = 0.1, min_retries_per_second = 1, ttl = "10s" }
-"#,
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_the_budget() {
+    let backend = Backend::start("b").await;
+    backend.set(Mode::Status(503));
+    let gw = Switchyard::start(&config(
+        &[backend.addr],
+        &format!(
+            "{RETRY_EVERY_FAILURE}budget = {{ retry_ratio = 0.1, min_retries_per_second = 1, ttl = \"10s\" }}\n"
+        ),
     ));
     let http = client();
     for _ in 0..100 {
@@ -193,18 +198,7 @@ budget = { retry_ratio = 0.1, min_retries_per_second = 1, ttl = "10s" }
 async fn a_post_is_sent_once_even_without_a_body_while_a_get_is_retried() {
     let backend = Backend::start("b").await;
     backend.set(Mode::Status(503));
-    let gw = Switchyard::start(&config(
-        &[backend.addr],
-        r#"[services.app.outlier]
-consecutive_failures = 0
-success_rate_threshold = 0.0
-[services.app.policy.breaker]
-mode = "disabled"
-[services.app.policy.retry]
-max_attempts = 3
-base_delay = "1ms"
-"#,
-    ));
+    let gw = Switchyard::start(&config(&[backend.addr], RETRY_EVERY_FAILURE));
     let http = client();
     assert_eq!(send(&http, "GET", &gw.url("/x")).await.0, 503);
     assert_eq!(backend.hits(), 3, "a GET is retried");
