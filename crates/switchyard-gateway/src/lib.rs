@@ -18,7 +18,6 @@ pub mod admin;
 pub mod auth;
 pub mod compose;
 pub mod config;
-pub mod framing;
 pub mod limits;
 pub mod paths;
 pub mod problem;

@@ -28,7 +28,7 @@
 //! | `route-not-found` | 404 | no route matched, or sidecar mode knows no such service |
 //! | `bad-request` | 400 | an ambiguous or malformed request (framing, headers) |
 //! | `payload-too-large` | 413 | the body exceeds the listener's `max_body_bytes` |
-//! | `header-too-large` | 431 | more header fields than the listener's `max_headers` |
+//! | `header-too-large` | 431 | more header fields than the listener's `max_headers`, or a larger head than its `max_header_bytes` |
 //! | `unauthenticated` | 401 | no credential, or one that failed (with `www-authenticate`) |
 //! | `forbidden` | 403 | the caller is known and the route's rules don't allow it |
 //!
@@ -161,12 +161,17 @@ impl Problem {
 
     /// 431 `header-too-large`: more header fields than `limit`.
     pub fn header_too_large(limit: usize) -> Self {
+        Self::headers_refused(format!("the request has more than {limit} header fields"))
+    }
+
+    /// 431 `header-too-large`, saying what was too large.
+    pub fn headers_refused(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "header-too-large",
             "Request header fields too large",
         )
-        .detail(format!("the request has more than {limit} header fields"))
+        .detail(detail)
     }
 
     /// Sets the human-readable detail.

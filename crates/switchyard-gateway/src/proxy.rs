@@ -7,9 +7,11 @@
 //! 1. **Sanity.** Refused with `400` and never forwarded: both
 //!    `Content-Length` and `Transfer-Encoding`; more than one
 //!    `Content-Length` field (even with equal values) or a value that is not
-//!    one number; a `Transfer-Encoding` other than exactly `chunked`; an
-//!    HTTP/1.x request whose framing the server could not vouch for
-//!    ([`crate::framing`]). These answers close the connection. More header
+//!    one number; a `Transfer-Encoding` other than exactly `chunked`.
+//!    For HTTP/1.x the server ([`crate::server`]) refuses these from the
+//!    raw head, before the request reaches the proxy, and closes the
+//!    connection; the proxy checks the parsed fields again for requests
+//!    from elsewhere (HTTP/2, embedders). More header
 //!    fields than `max_headers` get `431`; a body over `max_body_bytes`
 //!    gets `413` (before anything is read when `Content-Length` says so,
 //!    otherwise as soon as the count passes the limit).
@@ -84,10 +86,9 @@ use arc_swap::ArcSwap;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
-use hyper::body::Incoming;
 use switchyard_client::Attempted;
 use switchyard_policy::{Error, PolicyRequest, ReplayBody, is_caused_by};
-use switchyard_transport::{Body, BodyTooLarge};
+use switchyard_transport::{Body, BodyTooLarge, server::content_length};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt, util::BoxCloneSyncService};
 use tower_layer::Layer;
@@ -98,7 +99,6 @@ use crate::{
     },
     compose::{self, ComposeRoute},
     config::ListenerConfig,
-    framing::ScannedFraming,
     limits::{CallLimits, LimitContext},
     paths::normalize_path_and_query,
     problem::{NoRoute, Problem},
@@ -299,7 +299,7 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
+impl Service<Request<Body>> for Proxy {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -310,7 +310,7 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move { Ok(inner.handle(req).await) })
     }
@@ -410,7 +410,7 @@ struct Outcome {
 }
 
 impl Inner {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, req: Request<Body>) -> Response<Body> {
         let start = Instant::now();
         let request_id = request_id(req.headers());
         let version = req.version();
@@ -452,7 +452,7 @@ impl Inner {
 
     async fn proxy(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, Problem> {
@@ -478,7 +478,7 @@ impl Inner {
                 .map_err(|err| {
                     Problem::bad_request(format!("the request path is refused: {err}"))
                 })?;
-        let (mut parts, incoming) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let authenticator = table.security.authenticator.as_deref();
         if authenticator.is_some() {
             strip_identity_headers(&table.security.forward, &mut parts.headers);
@@ -590,7 +590,7 @@ impl Inner {
                 handler: Handler::Compose(route),
                 ..
             }) => {
-                self.compose(route, parts, incoming, params, &path_and_query, request_id)
+                self.compose(route, parts, body, params, &path_and_query, request_id)
                     .await
             }
             Routed::Target(Target {
@@ -601,7 +601,7 @@ impl Inner {
                 self.forward(
                     upstream,
                     parts,
-                    incoming,
+                    body,
                     host.as_deref(),
                     upstream_path,
                     retry_non_idempotent,
@@ -628,7 +628,7 @@ impl Inner {
         &self,
         route: &ComposeRoute,
         parts: http::request::Parts,
-        incoming: Incoming,
+        body: Body,
         params: Vec<(String, String)>,
         path_and_query: &str,
         request_id: &HeaderValue,
@@ -639,7 +639,7 @@ impl Inner {
         let is_json =
             header_str(&headers, &header::CONTENT_TYPE).is_some_and(|t| t.contains("json"));
         let body = if is_json {
-            let bytes = Body::streaming(incoming)
+            let bytes = body
                 .limited(self.max_body)
                 .collect_bytes()
                 .await
@@ -665,7 +665,7 @@ impl Inner {
         &self,
         upstream: &Upstream,
         parts: http::request::Parts,
-        incoming: Incoming,
+        body: Body,
         host: Option<&str>,
         upstream_path: String,
         retry_non_idempotent: bool,
@@ -693,17 +693,15 @@ impl Inner {
             let limit = upstream
                 .retry_body_limit
                 .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
-            let body = Body::buffer_for_replay(incoming, limit)
-                .await
-                .map_err(|err| {
-                    Problem::bad_request(format!("the request body could not be read: {err}"))
-                })?;
+            let body = Body::buffer_for_replay(body, limit).await.map_err(|err| {
+                Problem::bad_request(format!("the request body could not be read: {err}"))
+            })?;
             if !body.is_replayable() && http_body::Body::size_hint(&body).lower() > self.max_body {
                 return Err(Problem::payload_too_large(self.max_body));
             }
             body
         } else {
-            Body::streaming(incoming)
+            body.sent_once()
         };
 
         let mut out = Request::new(body.limited(self.max_body));
@@ -805,21 +803,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Refuses requests whose framing is ambiguous; see the module docs.
-fn check_framing(req: &Request<Incoming>) -> Result<(), Problem> {
-    if let Some(ScannedFraming(record)) = req.extensions().get::<ScannedFraming>() {
-        match record {
-            None => {
-                return Err(Problem::bad_request(
-                    "the request's framing could not be verified",
-                ));
-            }
-            Some(record) => {
-                if let Some(why) = record.ambiguity() {
-                    return Err(Problem::bad_request(why));
-                }
-            }
-        }
-    }
+fn check_framing(req: &Request<Body>) -> Result<(), Problem> {
     let headers = req.headers();
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     let codings: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
@@ -848,20 +832,6 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), Problem> {
         }
     }
     Ok(())
-}
-
-/// The single `Content-Length` value, when there is exactly one valid one.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let digits = value.as_bytes().trim_ascii();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// The received request id if usable, otherwise a new one.

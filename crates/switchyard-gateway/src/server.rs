@@ -2,14 +2,18 @@
 //!
 //! [`serve`] accepts TCP connections and serves HTTP/1.1 and HTTP/2 with
 //! prior knowledge (h2c) on the same port (the protocol is chosen by the
-//! connection's first bytes), calling one handler per request. The
-//! listener's [`ListenerConfig`] limits apply:
+//! connection's first bytes), calling one handler per request. HTTP/1.x is
+//! served by our own connection loop
+//! ([`switchyard_transport::server`]: one parse per head, framing checked
+//! as it is read, bodies that came with their head handed over in memory,
+//! no buffer held by an idle connection); HTTP/2 by hyper. The listener's
+//! [`ListenerConfig`] limits apply:
 //!
 //! | key | effect |
 //! | --- | --- |
-//! | `max_header_bytes` | HTTP/1.1: hyper's read buffer is capped at this size, so a larger header section gets `431` and the connection closes. hyper can't go below 8192 bytes, so smaller values act as 8192. HTTP/2: the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`. |
-//! | `max_headers` | HTTP/1.1: more header fields get `431` from hyper. HTTP/2: checked by the proxy (`431` problem+json). |
-//! | `header_read_timeout` | HTTP/1.1: the time a client has to send a request's complete header section, counted from the connection's start or the end of the previous response; when it passes the connection is closed without an answer. This is also how long an idle keep-alive connection is kept (hyper starts the timer as soon as it waits for the next request). |
+//! | `max_header_bytes` | HTTP/1.1: a request line and header section larger than this gets `431` problem+json and the connection closes. HTTP/2: the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`. |
+//! | `max_headers` | HTTP/1.1: more header fields get `431` problem+json and the connection closes. HTTP/2: checked by the proxy (`431` problem+json). |
+//! | `header_read_timeout` | HTTP/1.1: the time a client has to send a request's complete header section, counted from the connection's start or the end of the previous response; when it passes the connection is closed without an answer. This is also how long an idle keep-alive connection is kept. |
 //! | `idle_timeout` | A connection with no request in flight for this long is closed (HTTP/1.1) or sent `GOAWAY` (HTTP/2). For HTTP/1.1 the shorter of this and `header_read_timeout` applies. |
 //! | `max_connections` | At most this many connections are served at once; when full, no more are accepted (they wait in the kernel's accept queue) until one closes. |
 //! | `max_body_bytes` | Enforced by the proxy ([`crate::proxy`]). |
@@ -18,10 +22,15 @@
 //! close when one goes unanswered for [`H2_KEEP_ALIVE_TIMEOUT`]. Accepted
 //! sockets have `TCP_NODELAY` set.
 //!
-//! Each request reaches the handler with two extensions: [`ClientAddr`],
-//! the peer's address, and, for HTTP/1.x, a
-//! [`ScannedFraming`] record of its raw
-//! framing headers (see [`crate::framing`]).
+//! HTTP/1.x requests whose framing is ambiguous (`Content-Length` with
+//! `Transfer-Encoding`, two of either, a coding other than `chunked`, a bad
+//! length) are answered `400` problem+json before the handler sees them,
+//! and the connection closes: request smuggling relies on two hops reading
+//! one request differently.
+//!
+//! Each request reaches the handler with the extension [`ClientAddr`], the
+//! peer's address, and, over TLS with client certificates, the
+//! [`PeerIdentity`].
 //!
 //! Shutdown: when the `shutdown` future completes, the listening socket is
 //! closed (new connections are refused), every connection is told to finish
@@ -47,15 +56,17 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response, Version};
+use bytes::Bytes;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
-use switchyard_transport::Body;
+use switchyard_transport::{
+    Body,
+    server::{Refusal, Served, ServerConfig},
+};
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
     sync::{Semaphore, watch},
     task::JoinSet,
@@ -65,7 +76,7 @@ use tower::{Service, ServiceExt, util::Oneshot};
 
 use crate::{
     config::ListenerConfig,
-    framing::{Records, ScannedFraming, ScannedIo},
+    problem::Problem,
     tls::{PeerIdentity, TlsTerminator},
 };
 
@@ -73,10 +84,6 @@ use crate::{
 pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Time an HTTP/2 keep-alive PING may go unanswered before the connection closes.
 pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// hyper's HTTP/1 header-count limit when none is set.
-const HYPER_MAX_HEADERS: usize = 100;
-/// hyper's smallest allowed HTTP/1 read buffer.
-pub const MIN_HEADER_BUF: usize = 8192;
 
 /// Something a response keeps alive until its body has been sent (a response
 /// extension the server moves into the body): call-limit concurrency slots.
@@ -115,16 +122,15 @@ pub async fn serve<H>(
     drain_timeout: Duration,
 ) -> io::Result<()>
 where
-    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+    H: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
+        + Sync
         + 'static,
     H::Future: Send + 'static,
 {
     let name: Arc<str> = Arc::from(limits.name.as_str());
-    let builder = Arc::new(builder(limits));
-    let max_head = limits.max_header_bytes.max(MIN_HEADER_BUF);
-    let idle_timeout = limits.idle_timeout;
+    let settings = Arc::new(Settings::new(limits));
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
@@ -175,7 +181,7 @@ where
         total.increment(1);
         open.increment(1.0);
         let open = open.clone();
-        let builder = builder.clone();
+        let settings = settings.clone();
         let mut drain_rx = drain_rx.clone();
         let handler = handler.clone();
         let tls = tls.as_ref().map(|t| t.acceptor());
@@ -184,11 +190,9 @@ where
         conns.spawn(async move {
             let _permit = permit;
             let conn = Conn {
-                builder,
+                settings,
                 handler,
                 peer,
-                max_head,
-                idle_timeout,
             };
             match tls {
                 None => conn.serve(stream, None, &mut drain_rx).await,
@@ -243,18 +247,45 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How this listener serves connections, built once from its limits.
+struct Settings {
+    h1: ServerConfig,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    idle_timeout: Duration,
+}
+
+impl Settings {
+    fn new(limits: &ListenerConfig) -> Self {
+        let h1 = ServerConfig {
+            max_head_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+            // Waiting for the next head is also how a keep-alive
+            // connection idles.
+            header_read_timeout: limits.header_read_timeout.min(limits.idle_timeout),
+        };
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+        Self {
+            h1,
+            h2,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+}
+
 /// What serving one connection needs.
 struct Conn<H> {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: Arc<Settings>,
     handler: H,
     peer: SocketAddr,
-    max_head: usize,
-    idle_timeout: Duration,
 }
 
 impl<H> Conn<H>
 where
-    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+    H: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -268,27 +299,56 @@ where
         identity: Option<PeerIdentity>,
         drain_rx: &mut watch::Receiver<bool>,
     ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Conn {
-            builder,
+            settings,
             handler,
             peer,
-            max_head,
-            idle_timeout,
         } = self;
-        let (io, records) = ScannedIo::new(stream, max_head);
+        let h1 = WithConnection {
+            handler: handler.clone(),
+            peer,
+            identity: identity.clone(),
+        };
+        let drain = async {
+            if drain_rx.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let served = switchyard_transport::server::serve_connection(
+            stream,
+            &settings.h1,
+            h1,
+            &refuse,
+            drain,
+        )
+        .await;
+        let (stream, read) = match served {
+            Ok(Served::Http2 { io, read }) => (io, read),
+            Ok(Served::Closed) => return,
+            Err(err) => {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+                return;
+            }
+        };
+
         let activity = Arc::new(Activity::new());
         let svc = ConnService {
-            handler,
-            peer,
-            identity,
-            records,
+            handler: WithConnection {
+                handler,
+                peer,
+                identity,
+            },
             activity: activity.clone(),
         };
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let io = Rewind {
+            read: Some(read),
+            io: stream,
+        };
+        let conn = settings.h2.serve_connection(TokioIo::new(io), svc);
         let mut conn = pin!(conn);
-        let mut idle = pin!(activity.idle(idle_timeout));
+        let mut idle = pin!(activity.idle(settings.idle_timeout));
         let mut closing = false;
         loop {
             tokio::select! {
@@ -312,45 +372,118 @@ where
     }
 }
 
-fn builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUF))
-        .header_read_timeout(limits.header_read_timeout);
-    // hyper's own limit is 100; setting any value, even 100, makes it build
-    // its header index arrays element by element on every request instead
-    // of taking them uninitialised, so only a different limit is set.
-    if limits.max_headers != HYPER_MAX_HEADERS {
-        builder.http1().max_headers(limits.max_headers);
+/// The answer to an HTTP/1.x request refused from its head: problem+json.
+fn refuse(refusal: Refusal) -> Response<Body> {
+    let problem = match refusal {
+        Refusal::BadRequest(why) => Problem::bad_request(why),
+        too_large => Problem::headers_refused(too_large.to_string()),
+    };
+    problem.into_response()
+}
+
+// === impl WithConnection ===
+
+/// The handler, with what a request learns from its connection: the
+/// client's address and TLS identity, as request extensions.
+#[derive(Clone)]
+struct WithConnection<H> {
+    handler: H,
+    peer: SocketAddr,
+    identity: Option<PeerIdentity>,
+}
+
+impl<H: Service<Request<Body>>> Service<Request<Body>> for WithConnection<H> {
+    type Response = H::Response;
+    type Error = H::Error;
+    type Future = H::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), H::Error>> {
+        self.handler.poll_ready(cx)
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    builder
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        req.extensions_mut().insert(ClientAddr(self.peer));
+        if let Some(identity) = &self.identity {
+            req.extensions_mut().insert(identity.clone());
+        }
+        self.handler.call(req)
+    }
+}
+
+// === impl Rewind ===
+
+pin_project! {
+    /// A connection whose first bytes were already read: they are read
+    /// again first.
+    struct Rewind<I> {
+        read: Option<Bytes>,
+        #[pin]
+        io: I,
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if let Some(read) = this.read.as_mut() {
+            let n = read.len().min(buf.remaining());
+            buf.put_slice(&read.split_to(n));
+            if read.is_empty() {
+                *this.read = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.io.poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 // === impl ConnService ===
 
-/// The per-connection service: adds the connection's extensions and tracks
-/// requests in flight for the idle timeout.
+/// The per-connection service of an HTTP/2 connection: tracks requests in
+/// flight for the idle timeout.
 #[derive(Clone)]
 struct ConnService<H> {
-    handler: H,
-    peer: SocketAddr,
-    identity: Option<PeerIdentity>,
-    records: Records,
+    handler: WithConnection<H>,
     activity: Arc<Activity>,
 }
 
 impl<H> hyper::service::Service<Request<Incoming>> for ConnService<H>
 where
-    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+    H: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -360,19 +493,9 @@ where
     type Error = Infallible;
     type Future = ConnFuture<H>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(ClientAddr(self.peer));
-        if let Some(identity) = &self.identity {
-            req.extensions_mut().insert(identity.clone());
-        }
-        if req.version() != Version::HTTP_2 {
-            // Heads are scanned before hyper parses them, so this request's
-            // record is the oldest one; none means the scanner lost track.
-            let record = self.records.lock().pop_front();
-            req.extensions_mut().insert(ScannedFraming(record));
-        }
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         ConnFuture {
-            inner: self.handler.clone().oneshot(req),
+            inner: self.handler.clone().oneshot(req.map(Body::streaming)),
             guard: Some(InFlight::start(self.activity.clone())),
         }
     }
@@ -384,17 +507,17 @@ pin_project! {
     /// Named rather than boxed: one allocation less per request.
     struct ConnFuture<H>
     where
-        H: Service<Request<Incoming>>,
+        H: Service<Request<Body>>,
     {
         #[pin]
-        inner: Oneshot<H, Request<Incoming>>,
+        inner: Oneshot<WithConnection<H>, Request<Body>>,
         guard: Option<InFlight>,
     }
 }
 
 impl<H> Future for ConnFuture<H>
 where
-    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+    H: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
     type Output = Result<Response<TrackedBody>, Infallible>;
 

@@ -233,7 +233,7 @@ async fn serve_jwks_tls(
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let handler = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+    let handler = tower::service_fn(move |_req: http::Request<switchyard_transport::Body>| {
         let body = body.clone();
         async move { Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(body))) }
     });

@@ -11,7 +11,6 @@ use std::{convert::Infallible, net::SocketAddr, path::PathBuf, time::Duration};
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use switchyard_gateway::{
@@ -84,7 +83,7 @@ async fn identity_server(tls: ListenerTlsConfig) -> (SocketAddr, oneshot::Sender
     limits.tls = Some(tls);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let handler = tower::service_fn(|req: Request<Incoming>| async move {
+    let handler = tower::service_fn(|req: Request<Body>| async move {
         let who = req
             .extensions()
             .get::<PeerIdentity>()

@@ -13,7 +13,7 @@ use std::{
 
 use bytes::{Buf, Bytes};
 use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use pin_project_lite::pin_project;
 use switchyard_policy::{BoxError, ReplayBody};
 
@@ -31,11 +31,14 @@ pin_project! {
     #[derive(Debug)]
     enum Kind {
         Full { data: Option<Bytes> },
+        // In memory but sent once: the body of a request that must not be
+        // repeated (it still goes out in one write).
+        Once { data: Option<Bytes> },
         TooLarge { limit: u64 },
         Stream {
             prefix: Option<Bytes>,
             #[pin]
-            rest: hyper::body::Incoming,
+            rest: UnsyncBoxBody<Bytes, BoxError>,
             // Bytes still allowed before the body fails with `BodyTooLarge`.
             allowed: Option<u64>,
             limit: u64,
@@ -73,17 +76,33 @@ impl Body {
         }
     }
 
-    /// A body streamed from a connection; it can be sent only once (even
-    /// when it is empty: the gateway streams the bodies of requests that
-    /// must not be repeated, and a retry repeats whatever it can copy).
-    pub fn streaming(incoming: hyper::body::Incoming) -> Self {
+    /// A body streamed from a connection (or any other source); it can be
+    /// sent only once.
+    pub fn streaming<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         Self {
             kind: Kind::Stream {
                 prefix: None,
-                rest: incoming,
+                rest: body.map_err(Into::into).boxed_unsync(),
                 allowed: None,
                 limit: 0,
             },
+        }
+    }
+
+    /// The same body, never sent twice: a retry or hedge repeats whatever
+    /// body it can copy, so the gateway marks the bodies of requests that
+    /// must not be repeated (even empty ones). An in-memory body stays in
+    /// memory.
+    pub fn sent_once(self) -> Self {
+        match self.kind {
+            Kind::Full { data } => Self {
+                kind: Kind::Once { data },
+            },
+            kind => Self { kind },
         }
     }
 
@@ -100,7 +119,7 @@ impl Body {
     /// empty: what our HTTP/1.1 client sends. Any other body comes back.
     pub(crate) fn into_sendable(self) -> Result<Bytes, Self> {
         match self.kind {
-            Kind::Full { data } => Ok(data.unwrap_or_default()),
+            Kind::Full { data } | Kind::Once { data } => Ok(data.unwrap_or_default()),
             Kind::Stream {
                 prefix: None,
                 ref rest,
@@ -115,17 +134,41 @@ impl Body {
         matches!(self.kind, Kind::Full { .. })
     }
 
-    /// Reads `incoming` into memory if it is at most `limit` bytes; otherwise
+    /// Reads `body` into memory if it is at most `limit` bytes; otherwise
     /// keeps what was read as a prefix and streams the rest (not replayable).
     ///
-    /// A body announcing a `Content-Length` over the limit is not read at all.
-    pub async fn buffer_for_replay(
-        mut incoming: hyper::body::Incoming,
-        limit: usize,
-    ) -> Result<Self, hyper::Error> {
+    /// A body already in memory stays there, replayable when it is within
+    /// the limit. A stream announcing a size over the limit is not read at
+    /// all.
+    pub async fn buffer_for_replay(body: impl Into<Self>, limit: usize) -> Result<Self, BoxError> {
         use http_body::Body as _;
+        let mut incoming = match body.into().kind {
+            Kind::Full { data } | Kind::Once { data } => {
+                let fits = data.as_ref().is_none_or(|d| d.len() <= limit);
+                let kind = if fits {
+                    Kind::Full { data }
+                } else {
+                    Kind::Once { data }
+                };
+                return Ok(Self { kind });
+            }
+            Kind::Stream {
+                prefix: None,
+                rest,
+                allowed: None,
+                ..
+            } => rest,
+            kind => return Ok(Self { kind }),
+        };
         if incoming.size_hint().lower() > limit as u64 {
-            return Ok(Self::streaming(incoming));
+            return Ok(Self {
+                kind: Kind::Stream {
+                    prefix: None,
+                    rest: incoming,
+                    allowed: None,
+                    limit: 0,
+                },
+            });
         }
         let mut buf = bytes::BytesMut::new();
         while let Some(frame) = incoming.frame().await {
@@ -219,7 +262,10 @@ impl ReplayBody for Body {
             Kind::Full { data } => Some(Self {
                 kind: Kind::Full { data: data.clone() },
             }),
-            Kind::Stream { .. } | Kind::TooLarge { .. } | Kind::Upstream { .. } => None,
+            Kind::Once { .. }
+            | Kind::Stream { .. }
+            | Kind::TooLarge { .. }
+            | Kind::Upstream { .. } => None,
         }
     }
 }
@@ -233,7 +279,9 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data } | KindProj::Once { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
             KindProj::TooLarge { limit } => {
                 Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))))
             }
@@ -254,7 +302,7 @@ impl http_body::Body for Body {
                     }
                     *allowed -= len;
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             KindProj::Upstream { body } => Pin::new(&mut **body).poll_frame(cx),
         }
@@ -262,7 +310,7 @@ impl http_body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full { data } => data.is_none(),
+            Kind::Full { data } | Kind::Once { data } => data.is_none(),
             Kind::TooLarge { .. } => false,
             Kind::Stream { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
             Kind::Upstream { body } => body.is_end_stream(),
@@ -271,7 +319,7 @@ impl http_body::Body for Body {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data } => {
+            Kind::Full { data } | Kind::Once { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::TooLarge { .. } => SizeHint::new(),

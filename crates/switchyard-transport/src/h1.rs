@@ -365,8 +365,8 @@ async fn read_some(io: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize
     std::future::poll_fn(|cx| poll_read_some(Pin::new(&mut *io), cx, buf)).await
 }
 
-fn poll_read_some(
-    io: Pin<&mut Stream>,
+pub(crate) fn poll_read_some(
+    io: Pin<&mut impl tokio::io::AsyncRead>,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<std::io::Result<usize>> {
@@ -413,7 +413,7 @@ enum Parsed {
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy)]
-enum Framing {
+pub(crate) enum Framing {
     /// This many bytes remain.
     Length(u64),
     /// Chunked transfer coding, at this point of a chunk.
@@ -423,7 +423,7 @@ enum Framing {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// This many bytes of chunk data remain.
@@ -676,7 +676,7 @@ impl ResponseBody {
 }
 
 /// What decoding the buffered bytes gave.
-enum Step {
+pub(crate) enum Step {
     Frame(Frame<Bytes>),
     /// More bytes are needed.
     More,
@@ -686,7 +686,7 @@ enum Step {
 
 /// Decodes the next frame of a body framed by `framing` out of `buf`. When
 /// it returns the body's last frame, `framing` is left at `Length(0)`.
-fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, BoxError> {
+pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, BoxError> {
     loop {
         match framing {
             Framing::Length(0) => return Ok(Step::End),
@@ -712,7 +712,7 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, BoxError> {
             Framing::Chunked(Chunk::Size)
                 if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) =>
             {
-                return Err("a chunk-size line without a size in the response body".into());
+                return Err("a chunk-size line without a size in the body".into());
             }
             Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, size))) => {
@@ -724,17 +724,17 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, BoxError> {
                     });
                 }
                 Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                    return Err("chunk-size line too long in the response body".into());
+                    return Err("chunk-size line too long in the body".into());
                 }
                 Ok(httparse::Status::Partial) => return Ok(Step::More),
-                Err(_) => return Err("invalid chunk size in the response body".into()),
+                Err(_) => return Err("invalid chunk size in the body".into()),
             },
             Framing::Chunked(Chunk::DataEnd) => {
                 if buf.len() < 2 {
                     return Ok(Step::More);
                 }
                 if &buf[..2] != b"\r\n" {
-                    return Err("missing CRLF after a chunk in the response body".into());
+                    return Err("missing CRLF after a chunk in the body".into());
                 }
                 buf.advance(2);
                 *framing = Framing::Chunked(Chunk::Size);
@@ -759,11 +759,11 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, BoxError> {
                         }
                     }
                     Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                        return Err("trailer section too long in the response body".into());
+                        return Err("trailer section too long in the body".into());
                     }
                     Ok(httparse::Status::Partial) => return Ok(Step::More),
                     Err(e) => {
-                        return Err(format!("invalid trailers in the response body: {e}").into());
+                        return Err(format!("invalid trailers in the body: {e}").into());
                     }
                 }
             }

@@ -1,4 +1,6 @@
-//! Outbound HTTP transport for Switchyard.
+//! HTTP transport for Switchyard: outbound connection pools, and the
+//! inbound HTTP/1.1 server connection ([`server`]) the gateway's listeners
+//! run.
 //!
 //! A [`Transport`] is one service's pool of upstream connections: HTTP/1.1
 //! with keep-alive (one request at a time per connection, idle connections
@@ -53,6 +55,7 @@ mod config;
 mod connect;
 mod error;
 mod h1;
+pub mod server;
 pub mod tls;
 mod transport;
 
