@@ -196,13 +196,19 @@ where
             };
             match tls {
                 None => conn.serve(stream, None, &mut drain_rx).await,
+                // TLS state is large: boxed, so that a plain connection's task
+                // (its size is that of its largest state) doesn't carry it.
                 Some(acceptor) => {
                     // A client that never finishes its handshake is cut like
                     // one that never finishes its headers.
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    let handshake = Box::pin(tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    ));
+                    match handshake.await {
                         Ok(Ok(stream)) => {
                             let identity = crate::tls::peer_identity(stream.get_ref().1);
-                            conn.serve(stream, identity, &mut drain_rx).await;
+                            Box::pin(conn.serve(stream, identity, &mut drain_rx)).await;
                         }
                         Ok(Err(err)) => {
                             tls_failures.increment(1);
@@ -324,49 +330,70 @@ where
             drain,
         )
         .await;
-        let (stream, read) = match served {
-            Ok(Served::Http2 { io, read }) => (io, read),
-            Ok(Served::Closed) => return,
-            Err(err) => {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-                return;
+        match served {
+            // Boxed: hyper's HTTP/2 connection state would otherwise be part
+            // of every connection's task, HTTP/1 ones included.
+            Ok(Served::Http2 { io, read }) => {
+                let h2 = serve_h2(&settings, handler, peer, identity, io, read, drain_rx);
+                Box::pin(h2).await;
             }
-        };
+            Ok(Served::Closed) => {}
+            Err(err) => tracing::debug!(%peer, %err, "connection ended with an error"),
+        }
+    }
+}
 
-        let activity = Arc::new(Activity::new());
-        let svc = ConnService {
-            handler: WithConnection {
-                handler,
-                peer,
-                identity,
-            },
-            activity: activity.clone(),
-        };
-        let io = Rewind {
-            read: Some(read),
-            io: stream,
-        };
-        let conn = settings.h2.serve_connection(TokioIo::new(io), svc);
-        let mut conn = pin!(conn);
-        let mut idle = pin!(activity.idle(settings.idle_timeout));
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(err) = res {
-                        tracing::debug!(%peer, %err, "connection ended with an error");
-                    }
-                    break;
+/// Serves HTTP/2 on a connection whose first bytes, `read`, were already
+/// read, until it closes, the idle timeout passes, or the listener drains.
+async fn serve_h2<H, I>(
+    settings: &Settings,
+    handler: H,
+    peer: SocketAddr,
+    identity: Option<PeerIdentity>,
+    stream: I,
+    read: Bytes,
+    drain_rx: &mut watch::Receiver<bool>,
+) where
+    H: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    H::Future: Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let svc = ConnService {
+        handler: WithConnection {
+            handler,
+            peer,
+            identity,
+        },
+        activity: activity.clone(),
+    };
+    let io = Rewind {
+        read: Some(read),
+        io: stream,
+    };
+    let conn = settings.h2.serve_connection(TokioIo::new(io), svc);
+    let mut conn = pin!(conn);
+    let mut idle = pin!(activity.idle(settings.idle_timeout));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(err) = res {
+                    tracing::debug!(%peer, %err, "connection ended with an error");
                 }
-                _ = drain_rx.wait_for(|draining| *draining), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                () = &mut idle, if !closing => {
-                    tracing::debug!(%peer, "closing idle connection");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
+                break;
+            }
+            _ = drain_rx.wait_for(|draining| *draining), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = &mut idle, if !closing => {
+                tracing::debug!(%peer, "closing idle connection");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
             }
         }
     }

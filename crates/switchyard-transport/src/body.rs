@@ -143,7 +143,9 @@ impl Body {
     pub async fn buffer_for_replay(body: impl Into<Self>, limit: usize) -> Result<Self, BoxError> {
         use http_body::Body as _;
         let mut incoming = match body.into().kind {
-            Kind::Full { data } | Kind::Once { data } => {
+            // A body marked to be sent once stays so.
+            kind @ Kind::Once { .. } => return Ok(Self { kind }),
+            Kind::Full { data } => {
                 let fits = data.as_ref().is_none_or(|d| d.len() <= limit);
                 let kind = if fits {
                     Kind::Full { data }

@@ -684,6 +684,24 @@ pub(crate) enum Step {
     End,
 }
 
+/// The buffered chunk-size line up to its CRLF, or all of `buf` when the
+/// line is not complete yet. httparse takes any byte in a chunk extension,
+/// a bare LF included; a hop that ends lines at LF would read the body's
+/// boundaries differently (request smuggling), so the line may hold no
+/// control byte other than a tab and must end in CRLF.
+fn chunk_size_line(buf: &[u8]) -> Result<&[u8], &'static str> {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return Ok(buf);
+    };
+    let line = &buf[..end];
+    match line.split_last() {
+        Some((b'\r', text)) if !text.iter().any(|&b| b.is_ascii_control() && b != b'\t') => {
+            Ok(&buf[..=end])
+        }
+        _ => Err("a chunk-size line with a bare CR or LF or a control byte"),
+    }
+}
+
 /// Decodes the next frame of a body framed by `framing` out of `buf`. When
 /// it returns the body's last frame, `framing` is left at `Length(0)`.
 pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, BoxError> {
@@ -714,7 +732,10 @@ pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, 
             {
                 return Err("a chunk-size line without a size in the body".into());
             }
-            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+            Framing::Chunked(Chunk::Size) => match chunk_size_line(buf)
+                .and_then(|line| httparse::parse_chunk_size(line).map_err(|_| "invalid chunk size"))
+            {
+                Err(e) => return Err(format!("{e} in the body").into()),
                 Ok(httparse::Status::Complete((used, size))) => {
                     buf.advance(used);
                     *framing = Framing::Chunked(if size == 0 {
@@ -727,7 +748,6 @@ pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, 
                     return Err("chunk-size line too long in the body".into());
                 }
                 Ok(httparse::Status::Partial) => return Ok(Step::More),
-                Err(_) => return Err("invalid chunk size in the body".into()),
             },
             Framing::Chunked(Chunk::DataEnd) => {
                 if buf.len() < 2 {

@@ -102,6 +102,8 @@ const COPY_MAX: usize = 16 * 1024;
 /// Bytes read at once while no request is under way: into a buffer on the
 /// stack, so that an idle connection holds no buffer of its own.
 const FIRST_READ: usize = 4096;
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// How long, and how many bytes, a connection closed by us with a request
 /// not fully read keeps reading (see [`linger`]).
 const LINGER_TIME: Duration = Duration::from_secs(1);
@@ -227,7 +229,8 @@ where
                 let res = refuse(refusal);
                 let mut out = Outgoing::new(res, &Method::GET, Version::HTTP_11, true);
                 poll_fn(|cx| out.poll_send(&mut conn.io, cx)).await?;
-                linger(&mut conn.io).await;
+                drop(out);
+                Box::pin(linger(&mut conn.io)).await;
                 return Ok(Served::Closed);
             }
         };
@@ -267,10 +270,14 @@ where
         let mut body_unread = false;
         if let Some(p) = pump.as_mut() {
             p.expect_continue = false;
-            body_unread = !p.finished_cleanly();
+            body_unread = !(p.finished_cleanly() || p.skip_buffered(&mut conn.buf));
         }
         let close = conn.draining || !keep_alive || body_unread;
         let mut out = Outgoing::new(response, &method, version, close);
+        if let Some(p) = pump.as_ref() {
+            // A `100 Continue` cut short goes out whole before the answer.
+            out.buf.splice(0..0, p.unsent_continue().iter().copied());
+        }
         let sent = poll_fn(|cx| {
             if let Some(p) = pump.as_mut() {
                 let _ = p.poll(&mut conn.io, &mut conn.buf, cx);
@@ -279,12 +286,26 @@ where
         })
         .await;
         sent?;
-        let body_read = pump.as_ref().is_none_or(Pump::finished_cleanly);
-        if !body_read || (out.close && !conn.buf.is_empty()) {
-            linger(&mut conn.io).await;
+        let close = out.close;
+        // Call-limit slots and the like are released with the answer.
+        drop(out);
+        let body_read = match pump.as_mut() {
+            None => true,
+            Some(p) => p.finished_cleanly() || p.skip_buffered(&mut conn.buf),
+        };
+        drop(pump);
+        // Blank lines between requests are allowed (RFC 9112 §2.2).
+        let blank = conn
+            .buf
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        conn.buf.advance(blank);
+        if !body_read || (close && !conn.buf.is_empty()) {
+            Box::pin(linger(&mut conn.io)).await;
             return Ok(Served::Closed);
         }
-        if out.close {
+        if close {
             let _ = conn.io.shutdown().await;
             return Ok(Served::Closed);
         }
@@ -293,6 +314,9 @@ where
         if conn.buf.is_empty() {
             // Let go of the buffer: an idle connection holds none.
             conn.buf = BytesMut::new();
+        } else if conn.buf.len() <= FIRST_READ {
+            // Nor a large one for a few bytes of the next request.
+            conn.buf = BytesMut::from(&conn.buf[..]);
         }
     }
 }
@@ -658,6 +682,35 @@ impl Pump {
         self.state == PumpState::Done
     }
 
+    /// The part of `100 Continue` owed but not written yet (none, or all of
+    /// it, unless a write was cut short).
+    fn unsent_continue(&self) -> &'static [u8] {
+        if self.continue_sent > 0 && self.continue_sent < CONTINUE.len() {
+            &CONTINUE[self.continue_sent..]
+        } else {
+            &[]
+        }
+    }
+
+    /// After the answer: when the handler let go of a body whose rest is
+    /// already buffered, skips it so the connection can stay open. True when
+    /// the body's end was reached.
+    fn skip_buffered(&mut self, buf: &mut BytesMut) -> bool {
+        if !self.slot.lock().gone {
+            return false;
+        }
+        loop {
+            match decode(&mut self.framing, buf) {
+                Ok(Step::Frame(_)) if !matches!(self.framing, Framing::Length(0)) => {}
+                Ok(Step::Frame(_) | Step::End) => {
+                    self.state = PumpState::Done;
+                    return true;
+                }
+                Ok(Step::More) | Err(_) => return false,
+            }
+        }
+    }
+
     /// Moves body bytes from the connection to the handler while it wants
     /// them; ready once the body ended or stopped.
     fn poll<I: AsyncRead + AsyncWrite + Unpin>(
@@ -666,7 +719,6 @@ impl Pump {
         buf: &mut BytesMut,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
-        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
         while self.state == PumpState::Running {
             {
                 let mut slot = self.slot.lock();
@@ -846,6 +898,17 @@ impl Outgoing {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let mut close = close || asks_to_close(&parts.headers);
+        // What a HEAD answer's length says, when the handler didn't: the
+        // size of the body a GET would have had.
+        let head_length = (*method == Method::HEAD
+            && !parts.headers.contains_key(header::CONTENT_LENGTH))
+        .then(|| body.size_hint().exact())
+        .flatten()
+        .filter(|&n| n > 0);
+        // A length the handler set is kept only where no body follows and
+        // the length describes one (HEAD, 304).
+        let keep_length =
+            bodyless && status != StatusCode::NO_CONTENT && !status.is_informational();
         let (framing, body) = if bodyless {
             (OutFraming::Length(0), None)
         } else if let Some(n) = body.size_hint().exact() {
@@ -867,8 +930,7 @@ impl Outgoing {
         buf.extend_from_slice(b"\r\n");
         for (name, value) in &parts.headers {
             let framing_field = *name == header::TRANSFER_ENCODING
-                || (*name == header::CONTENT_LENGTH && !bodyless)
-                || (*name == header::CONTENT_LENGTH && status == StatusCode::NO_CONTENT)
+                || (*name == header::CONTENT_LENGTH && !keep_length)
                 || *name == header::CONNECTION;
             if framing_field {
                 continue;
@@ -883,16 +945,19 @@ impl Outgoing {
             date::append(&mut buf);
             buf.extend_from_slice(b"\r\n");
         }
-        if !bodyless {
-            match framing {
-                OutFraming::Length(n) => {
-                    buf.extend_from_slice(b"content-length: ");
-                    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                    buf.extend_from_slice(b"\r\n");
-                }
-                OutFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-                OutFraming::Close => {}
+        let length = match framing {
+            _ if bodyless => head_length,
+            OutFraming::Length(n) => Some(n),
+            OutFraming::Chunked => {
+                buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                None
             }
+            OutFraming::Close => None,
+        };
+        if let Some(n) = length {
+            buf.extend_from_slice(b"content-length: ");
+            buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            buf.extend_from_slice(b"\r\n");
         }
         // The handler's own `Connection` field, minus what is decided here.
         for value in parts.headers.get_all(header::CONNECTION) {
@@ -938,8 +1003,11 @@ impl Outgoing {
     ) -> Poll<io::Result<()>> {
         loop {
             // Frames already there go out with what precedes them in one
-            // write (a body in memory goes with the head).
-            let body_pending = self.take_ready_frames(cx)?.is_pending();
+            // write (a body in memory goes with the head). Only when nothing
+            // is half written, and only up to `COPY_MAX`: a slow client must
+            // slow the body's source down, not make us buffer it.
+            let body_pending =
+                self.written == 0 && self.big.is_none() && self.take_ready_frames(cx)?.is_pending();
             while self.written < self.buf.len() {
                 let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.buf[self.written..]))?;
                 if n == 0 {
@@ -977,7 +1045,7 @@ impl Outgoing {
     /// body is pending, ends, or a large frame is queued.
     fn take_ready_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(body) = self.body.as_mut() {
-            if self.big.is_some() {
+            if self.big.is_some() || self.buf.len() >= COPY_MAX {
                 return Poll::Ready(Ok(()));
             }
             let frame = match Pin::new(body).poll_frame(cx) {

@@ -280,13 +280,6 @@ async fn response_framing_follows_the_body_and_the_client() {
     assert!(out.contains("connection: close\r\n"), "{out}");
     assert!(!out.contains("transfer-encoding"), "{out}");
     assert!(out.ends_with("\r\n\r\nabbccc"), "{out}");
-    // HEAD: the length of what GET would send, and no body.
-    let out = exchange(
-        s.addr,
-        b"HEAD /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(out.ends_with("\r\n\r\n"), "{out}");
     // HTTP/1.0 with keep-alive stays open and says so.
     let mut stream = TcpStream::connect(s.addr).await.unwrap();
     stream
@@ -296,6 +289,54 @@ async fn response_framing_follows_the_body_and_the_client() {
     let out = read_until(&mut stream, "]").await;
     assert!(out.contains("connection: keep-alive\r\n"), "{out}");
     assert!(out.ends_with("GET /echo HTTP/1.0 []"), "{out}");
+}
+
+#[tokio::test]
+async fn a_body_left_unread_but_already_here_keeps_the_connection() {
+    let s = server(ServerConfig::default()).await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    // A chunked body is always streamed to the handler; this one is all
+    // read with its head, and the handler answers without reading it. A
+    // blank line between requests is allowed.
+    stream
+        .write_all(
+            b"POST /ignore HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n0\r\n\r\n\r\n\
+              GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let out = read_to_close(&mut stream).await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert!(out.ends_with("GET /echo HTTP/1.1 []"), "{out}");
+}
+
+#[tokio::test]
+async fn a_chunk_size_line_with_a_bare_lf_is_an_error() {
+    let s = server(ServerConfig::default()).await;
+    let out = exchange(
+        s.addr,
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2;x\nyz\r\nhi\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.contains("body error: invalid request body: a chunk-size line with a bare CR or LF"),
+        "{out}"
+    );
+    assert!(out.contains("connection: close\r\n"), "{out}");
+}
+
+#[tokio::test]
+async fn head_answers_carry_the_length_without_the_body() {
+    let s = server(ServerConfig::default()).await;
+    let out = exchange(
+        s.addr,
+        b"HEAD /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    // The length of `HEAD /echo HTTP/1.1 []`, and nothing after the head.
+    assert!(out.contains("content-length: 22\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\n"), "{out}");
 }
 
 #[tokio::test]
