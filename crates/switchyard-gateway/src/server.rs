@@ -196,29 +196,18 @@ where
             };
             match tls {
                 None => conn.serve(stream, None, &mut drain_rx).await,
-                // TLS state is large: boxed, so that a plain connection's task
-                // (its size is that of its largest state) doesn't carry it.
+                // TLS state is large: boxed as a whole, so that a plain
+                // connection's task (as large as its largest state) doesn't
+                // carry room for it.
                 Some(acceptor) => {
-                    // A client that never finishes its handshake is cut like
-                    // one that never finishes its headers.
-                    let handshake = Box::pin(tokio::time::timeout(
+                    let tls = conn.serve_tls(
+                        acceptor,
+                        stream,
                         handshake_timeout,
-                        acceptor.accept(stream),
-                    ));
-                    match handshake.await {
-                        Ok(Ok(stream)) => {
-                            let identity = crate::tls::peer_identity(stream.get_ref().1);
-                            Box::pin(conn.serve(stream, identity, &mut drain_rx)).await;
-                        }
-                        Ok(Err(err)) => {
-                            tls_failures.increment(1);
-                            tracing::debug!(%peer, %err, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tls_failures.increment(1);
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
+                        &tls_failures,
+                        &mut drain_rx,
+                    );
+                    Box::pin(tls).await;
                 }
             }
             open.decrement(1.0);
@@ -297,6 +286,33 @@ where
         + 'static,
     H::Future: Send + 'static,
 {
+    /// Completes the TLS handshake (cut, like a client that never finishes
+    /// its headers, after `timeout`), then serves the connection.
+    async fn serve_tls(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: tokio::net::TcpStream,
+        timeout: Duration,
+        failures: &metrics::Counter,
+        drain_rx: &mut watch::Receiver<bool>,
+    ) {
+        let peer = self.peer;
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let identity = crate::tls::peer_identity(stream.get_ref().1);
+                self.serve(stream, identity, drain_rx).await;
+            }
+            Ok(Err(err)) => {
+                failures.increment(1);
+                tracing::debug!(%peer, %err, "TLS handshake failed");
+            }
+            Err(_) => {
+                failures.increment(1);
+                tracing::debug!(%peer, "TLS handshake timed out");
+            }
+        }
+    }
+
     /// Serves HTTP on `stream` (plain TCP or TLS) until it closes, the idle
     /// timeout passes, or the listener drains.
     async fn serve<I>(
