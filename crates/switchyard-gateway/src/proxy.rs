@@ -495,14 +495,10 @@ impl Inner {
             Some(m) => {
                 let index = m.index();
                 outcome.route = table.router.name(index).unwrap_or("-").to_owned();
-                let params = m
-                    .params()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
+                let (params, upstream_path) = m.into_params_and_path();
                 (
                     Routed::Target(&table.targets[index]),
-                    m.upstream_path().to_owned(),
+                    upstream_path,
                     params,
                     table.router.retry_non_idempotent(index),
                 )
@@ -704,10 +700,13 @@ impl Inner {
             body.sent_once()
         };
 
+        // The inbound request's extensions go along (the client's address
+        // made the map already: one allocation less than a new one).
         let mut out = Request::new(body.limited(self.max_body));
         *out.method_mut() = parts.method;
         *out.uri_mut() = uri;
         *out.headers_mut() = headers;
+        *out.extensions_mut() = parts.extensions;
         if let Some(deadline) = deadline {
             out.set_deadline(deadline);
         }

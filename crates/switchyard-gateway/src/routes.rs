@@ -126,6 +126,11 @@ impl RouteMatch {
     pub fn upstream_path(&self) -> &str {
         &self.upstream_path
     }
+
+    /// The path parameters and the upstream path, without copying them.
+    pub fn into_params_and_path(self) -> (Vec<(String, String)>, String) {
+        (self.params, self.upstream_path)
+    }
 }
 
 impl Router {
