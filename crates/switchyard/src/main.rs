@@ -9,6 +9,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or config error. Logs go
 //! to stderr (`RUST_LOG` filters them), data to stdout.
 
+mod alloc;
 mod bench;
 mod demo;
 mod registry;
@@ -23,7 +24,7 @@ use tracing_subscriber::EnvFilter;
 /// frees a few dozen small blocks per request, and glibc's malloc/free took
 /// several percent of the CPU there (docs/performance.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 #[derive(Debug, Parser)]
 #[command(
