@@ -253,9 +253,6 @@ where
             .unwrap_or_else(|never| match never {});
         let mut call = pin!(handler.call(request));
         let response = poll_fn(|cx| {
-            if !conn.draining && drain.as_mut().poll(cx).is_ready() {
-                conn.draining = true;
-            }
             if let Some(p) = pump.as_mut() {
                 // The pump's result shows on the body the handler reads.
                 let _ = p.poll(&mut conn.io, &mut conn.buf, cx);
@@ -265,6 +262,11 @@ where
         .await
         .unwrap_or_else(|never| match never {});
 
+        // A drain that began during the call closes the connection after
+        // this answer (checked once, not at every wake-up of the call).
+        if !conn.draining {
+            conn.draining = poll_fn(|cx| Poll::Ready(drain.as_mut().poll(cx).is_ready())).await;
+        }
         // No `100 Continue` once the final answer is on its way; a body
         // not read to its end by now is not read further.
         let mut body_unread = false;
@@ -377,9 +379,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         mut timer: Pin<&mut Sleep>,
         drain: Pin<&mut impl Future<Output = ()>>,
     ) -> Poll<Waited> {
-        if !self.draining && drain.poll(cx).is_ready() {
-            self.draining = true;
-        }
         loop {
             if !self.buf.is_empty() {
                 if self.first && self.buf.len() <= H2_PREFACE.len() {
@@ -395,7 +394,24 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 } else if let Some(waited) = self.try_parse() {
                     return Poll::Ready(waited);
                 }
-            } else if self.draining {
+            }
+            let read = if self.buf.is_empty() {
+                self.poll_first_read(cx)
+            } else {
+                poll_read_some(Pin::new(&mut self.io), cx, &mut self.buf)
+            };
+            match read {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Waited::Closed),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => {}
+            }
+            // About to wait: only now can the drain or the head-read time
+            // end the wait, so only now are they polled (a request that
+            // arrives with the wake-up costs neither).
+            if !self.draining && drain.poll(cx).is_ready() {
+                self.draining = true;
+            }
+            if self.draining && self.buf.is_empty() {
                 return Poll::Ready(Waited::Closed);
             }
             while timer.as_mut().poll(cx).is_ready() {
@@ -405,15 +421,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 }
                 timer.as_mut().reset(deadline);
             }
-            let read = if self.buf.is_empty() {
-                self.poll_first_read(cx)
-            } else {
-                poll_read_some(Pin::new(&mut self.io), cx, &mut self.buf)
-            };
-            match ready!(read) {
-                Ok(0) | Err(_) => return Poll::Ready(Waited::Closed),
-                Ok(_) => {}
-            }
+            return Poll::Pending;
         }
     }
 
