@@ -55,6 +55,10 @@ const MAX_HEADERS: usize = 128;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Largest chunk-size line (with extensions) or trailer section accepted.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Most bytes of chunk extensions accepted over a whole body: nothing here
+/// reads them, and without a total a body of one-byte chunks could make a
+/// peer send (and us parse) thousands of times its size.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 /// How much room a read makes in a connection's buffer.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -417,7 +421,9 @@ pub(crate) enum Framing {
     /// This many bytes remain.
     Length(u64),
     /// Chunked transfer coding, at this point of a chunk.
-    Chunked(Chunk),
+    /// Chunked transfer coding, at this point of a chunk, with the bytes of
+    /// chunk extensions seen so far (capped at [`MAX_CHUNK_EXTENSIONS`]).
+    Chunked(Chunk, u32),
     /// Until the endpoint closes the connection.
     Close,
 }
@@ -588,7 +594,7 @@ impl FramingFields {
     /// than chunked last, or no length at all, reads to the close.
     fn framing(&self) -> Framing {
         match (self.chunked, self.length) {
-            (Some(true), _) => Framing::Chunked(Chunk::Size),
+            (Some(true), _) => Framing::Chunked(Chunk::Size, 0),
             (Some(false), _) | (None, None) => Framing::Close,
             (None, Some(n)) => Framing::Length(n),
         }
@@ -708,14 +714,14 @@ pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, 
     loop {
         match framing {
             Framing::Length(0) => return Ok(Step::End),
-            Framing::Length(rest) | Framing::Chunked(Chunk::Data(rest)) => {
+            Framing::Length(rest) | Framing::Chunked(Chunk::Data(rest), _) => {
                 if buf.is_empty() {
                     return Ok(Step::More);
                 }
                 let n = (*rest).min(buf.len() as u64);
                 *rest -= n;
                 let data = buf.split_to(n as usize).freeze();
-                if let Framing::Chunked(chunk @ Chunk::Data(0)) = framing {
+                if let Framing::Chunked(chunk @ Chunk::Data(0), _) = framing {
                     *chunk = Chunk::DataEnd;
                 }
                 return Ok(Step::Frame(Frame::data(data)));
@@ -727,29 +733,40 @@ pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, 
                 return Ok(Step::Frame(Frame::data(buf.split().freeze())));
             }
             // httparse reads a size line without digits as 0, the last chunk.
-            Framing::Chunked(Chunk::Size)
+            Framing::Chunked(Chunk::Size, _)
                 if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) =>
             {
                 return Err("a chunk-size line without a size in the body".into());
             }
-            Framing::Chunked(Chunk::Size) => match chunk_size_line(buf)
+            Framing::Chunked(Chunk::Size, extensions) => match chunk_size_line(buf)
                 .and_then(|line| httparse::parse_chunk_size(line).map_err(|_| "invalid chunk size"))
             {
                 Err(e) => return Err(format!("{e} in the body").into()),
                 Ok(httparse::Status::Complete((used, size))) => {
+                    // Everything on the line but the digits and its CRLF.
+                    let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                    let extra = u32::try_from(used - digits - 2).unwrap_or(u32::MAX);
+                    let extensions = extensions.saturating_add(extra);
+                    if extensions as usize > MAX_CHUNK_EXTENSIONS {
+                        return Err(format!(
+                            "chunk extensions longer than {MAX_CHUNK_EXTENSIONS} bytes in the body"
+                        )
+                        .into());
+                    }
                     buf.advance(used);
-                    *framing = Framing::Chunked(if size == 0 {
+                    let next = if size == 0 {
                         Chunk::Trailers
                     } else {
                         Chunk::Data(size)
-                    });
+                    };
+                    *framing = Framing::Chunked(next, extensions);
                 }
                 Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
                     return Err("chunk-size line too long in the body".into());
                 }
                 Ok(httparse::Status::Partial) => return Ok(Step::More),
             },
-            Framing::Chunked(Chunk::DataEnd) => {
+            Framing::Chunked(Chunk::DataEnd, extensions) => {
                 if buf.len() < 2 {
                     return Ok(Step::More);
                 }
@@ -757,9 +774,9 @@ pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, 
                     return Err("missing CRLF after a chunk in the body".into());
                 }
                 buf.advance(2);
-                *framing = Framing::Chunked(Chunk::Size);
+                *framing = Framing::Chunked(Chunk::Size, *extensions);
             }
-            Framing::Chunked(Chunk::Trailers) => {
+            Framing::Chunked(Chunk::Trailers, _) => {
                 let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 match httparse::parse_headers(buf, &mut fields) {
                     Ok(httparse::Status::Complete((used, fields))) => {

@@ -615,7 +615,7 @@ impl Fields {
                     "the only transfer-encoding accepted is `chunked`",
                 ));
             }
-            return Ok(Framing::Chunked(Chunk::Size));
+            return Ok(Framing::Chunked(Chunk::Size, 0));
         }
         if self.lengths == 1 {
             return self

@@ -327,6 +327,25 @@ async fn a_chunk_size_line_with_a_bare_lf_is_an_error() {
 }
 
 #[tokio::test]
+async fn chunk_extensions_are_capped_over_the_whole_body() {
+    let s = server(ServerConfig::default()).await;
+    let chunk = format!("1;{}\r\nx\r\n", "e".repeat(1000));
+    // 16 chunks of ~1 KB extensions each fit; 20 don't.
+    let within = format!(
+        "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{}0\r\n\r\n",
+        chunk.repeat(16)
+    );
+    let out = exchange(s.addr, within.as_bytes()).await;
+    assert!(out.ends_with(&format!("[{}]", "x".repeat(16))), "{out}");
+    let over = within.replace(&chunk.repeat(16), &chunk.repeat(20));
+    let out = exchange(s.addr, over.as_bytes()).await;
+    assert!(
+        out.contains("chunk extensions longer than 16384 bytes"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
 async fn head_answers_carry_the_length_without_the_body() {
     let s = server(ServerConfig::default()).await;
     let out = exchange(
