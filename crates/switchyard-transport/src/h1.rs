@@ -415,12 +415,11 @@ enum Parsed {
     Informational,
 }
 
-/// How the response body is delimited.
+/// How a body is delimited (a response's here, a request's in the server).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Framing {
     /// This many bytes remain.
     Length(u64),
-    /// Chunked transfer coding, at this point of a chunk.
     /// Chunked transfer coding, at this point of a chunk, with the bytes of
     /// chunk extensions seen so far (capped at [`MAX_CHUNK_EXTENSIONS`]).
     Chunked(Chunk, u32),
@@ -742,6 +741,9 @@ pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, 
                 .and_then(|line| httparse::parse_chunk_size(line).map_err(|_| "invalid chunk size"))
             {
                 Err(e) => return Err(format!("{e} in the body").into()),
+                Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
+                    return Err("chunk-size line too long in the body".into());
+                }
                 Ok(httparse::Status::Complete((used, size))) => {
                     // Everything on the line but the digits and its CRLF.
                     let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();

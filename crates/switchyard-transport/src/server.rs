@@ -21,9 +21,9 @@
 //!   `Transfer-Encoding: chunked` (HTTP/1.1 only); anything else — both
 //!   fields, two of either, another coding, a bad number — is [refused](Refusal)
 //!   before the handler sees the request, and the connection closes; in a
-//!   chunked body a size line must end in CRLF with no other control byte
-//!   (a bare LF is a smuggling vector), and chunk extensions may total
-//!   16 KiB (the body fails past either);
+//!   chunked body a size line must end in CRLF with no control byte but tab
+//!   before it (a bare LF is a smuggling vector), and chunk extensions may
+//!   total 16 KiB (the body fails past either);
 //! - `Expect: 100-continue` is answered when the handler first reads the
 //!   body, so a request refused from its head never sends its body;
 //! - response framing: the body's exact size when known, else a valid
