@@ -700,13 +700,10 @@ impl Inner {
             body.sent_once()
         };
 
-        // The inbound request's extensions go along (the client's address
-        // made the map already: one allocation less than a new one).
         let mut out = Request::new(body.limited(self.max_body));
         *out.method_mut() = parts.method;
         *out.uri_mut() = uri;
         *out.headers_mut() = headers;
-        *out.extensions_mut() = parts.extensions;
         if let Some(deadline) = deadline {
             out.set_deadline(deadline);
         }
