@@ -244,6 +244,7 @@ impl Drop for AbortOnDrop {
 
 /// How this listener serves connections, built once from its limits.
 struct Settings {
+    listener: String,
     h1: ServerConfig,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
@@ -264,6 +265,7 @@ impl Settings {
             .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
         Self {
+            listener: limits.name.clone(),
             h1,
             h2,
             idle_timeout: limits.idle_timeout,
@@ -337,6 +339,20 @@ where
             if drain_rx.wait_for(|draining| *draining).await.is_err() {
                 std::future::pending::<()>().await;
             }
+        };
+        // Requests refused from their head never reach the proxy; they are
+        // counted in the same series as its answers (route and service `-`).
+        let refuse = |refusal: Refusal| {
+            let res = refuse(refusal);
+            metrics::counter!(
+                "switchyard_requests_total",
+                "listener" => settings.listener.clone(),
+                "route" => "-",
+                "service" => "-",
+                "status" => res.status().as_str().to_owned()
+            )
+            .increment(1);
+            res
         };
         let served = switchyard_transport::server::serve_connection(
             stream,

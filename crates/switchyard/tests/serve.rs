@@ -23,9 +23,33 @@ async fn proxies_and_reports_metrics_health_and_state() {
 
     assert_eq!(get(&http, &gw.admin_url("/healthz")).await.0, 200);
     assert_eq!(get(&http, &gw.admin_url("/readyz")).await.0, 200);
+    // A request refused from its head (ambiguous framing) never reaches the
+    // proxy but is counted with the others.
+    let mut raw = tokio::net::TcpStream::connect(gw.listener).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut raw,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nx",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut raw, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
     let (_, _, metrics) = get(&http, &gw.admin_url("/metrics")).await;
     assert!(metrics.contains("switchyard_requests_total{"), "{metrics}");
     assert!(metrics.contains("service=\"app\""), "{metrics}");
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("switchyard_requests_total{")
+                && l.contains("route=\"-\"")
+                && l.contains("status=\"400\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(refused, Some(1.0), "{metrics}");
     let (_, _, state) = get(&http, &gw.admin_url("/admin/services")).await;
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
     let app = &state["services"]["app"];
