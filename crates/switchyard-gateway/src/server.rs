@@ -343,6 +343,7 @@ where
         // Requests refused from their head never reach the proxy; they are
         // counted in the same series as its answers (route and service `-`).
         let refuse = |refusal: Refusal| {
+            tracing::debug!(listener = %settings.listener, %peer, reason = %refusal, "request refused");
             let res = refuse(refusal);
             metrics::counter!(
                 "switchyard_requests_total",
