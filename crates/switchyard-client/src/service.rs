@@ -170,12 +170,18 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
         // Retries and hedges of one call share this record (request copies
         // share their extensions), so a retry goes to another endpoint when
         // there is one: a dead instance can't take every attempt.
-        let attempted = req.extensions().get::<Attempted>().cloned();
-        let avoid = attempted
-            .as_ref()
-            .map(Attempted::endpoints)
-            .unwrap_or_default();
-        let Some(endpoint) = self.shared.pick(now, &avoid) else {
+        let picked = match req.extensions().get::<Attempted>() {
+            Some(attempted) => {
+                let mut tried = attempted.0.lock();
+                let picked = self.shared.pick(now, &tried);
+                if let Some(endpoint) = &picked {
+                    tried.push(endpoint.addr());
+                }
+                picked
+            }
+            None => self.shared.pick(now, &[]),
+        };
+        let Some(endpoint) = picked else {
             return ResponseFuture {
                 state: State::Failed {
                     error: Some(NoHealthyEndpoint {
@@ -197,9 +203,6 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
         // Scheme, authority and path are all set, which is all `from_parts` checks.
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
 
-        if let Some(attempted) = &attempted {
-            attempted.0.lock().push(endpoint.addr());
-        }
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let inner = self.shared.transport.send(req);
         ResponseFuture {
@@ -219,12 +222,15 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
 /// the copies a retry or hedge makes). A request carrying it is sent to an
 /// endpoint not tried yet whenever one is eligible.
 #[derive(Debug, Clone, Default)]
-pub struct Attempted(Arc<parking_lot::Mutex<Vec<SocketAddr>>>);
+pub struct Attempted(Arc<parking_lot::Mutex<Tried>>);
+
+/// Room for the usual number of attempts without a second allocation.
+type Tried = smallvec::SmallVec<[SocketAddr; 3]>;
 
 impl Attempted {
     /// The endpoints tried so far, in order.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.0.lock().clone()
+        self.0.lock().to_vec()
     }
 }
 
