@@ -5,7 +5,7 @@
 //! layer can say that a `503` response is a failure worth retrying while a
 //! `404` is a success as far as the service's health is concerned.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::Error;
 
@@ -107,13 +107,14 @@ pub const DEFAULT_RETRYABLE_STATUSES: [u16; 4] = [429, 502, 503, 504];
 /// `Retry-After` header given in seconds or as an HTTP date.
 #[derive(Debug, Clone)]
 pub struct HttpClassifier {
-    retryable: Vec<u16>,
+    // Shared: every layer holding the classifier is cloned per call.
+    retryable: Arc<[u16]>,
 }
 
 impl Default for HttpClassifier {
     fn default() -> Self {
         Self {
-            retryable: DEFAULT_RETRYABLE_STATUSES.to_vec(),
+            retryable: Arc::from(DEFAULT_RETRYABLE_STATUSES.as_slice()),
         }
     }
 }

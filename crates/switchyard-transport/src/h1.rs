@@ -498,7 +498,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
         ));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the request id a proxy adds without growing the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     for (name, range) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| Failure::protocol(format!("invalid value for header {name}")))?;

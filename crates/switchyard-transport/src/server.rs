@@ -525,7 +525,9 @@ fn parse_request(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| Refusal::bad("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the fields a proxy adds (X-Forwarded-*, request id, the
+    // deadline) without growing the map per request.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 6);
     for (name, range) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| Refusal::bad(format!("invalid value for header {name}")))?;
