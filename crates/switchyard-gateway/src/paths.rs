@@ -93,6 +93,42 @@ pub enum PathError {
 /// The normalized form of a request path (without query); see the
 /// [module docs](self) for the rules.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if is_normal(raw) {
+        return Ok(raw.to_owned());
+    }
+    rebuild(raw)
+}
+
+/// True when `raw` is already its own normal form: visible ASCII without
+/// `%` or a backslash, no empty segment but a trailing one, no dot segment. Most
+/// paths are, and skip decoding and rebuilding (two allocations).
+fn is_normal(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    if !rest
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'%' && b != b'\\')
+    {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last)
+            || seg == "."
+            || seg == ".."
+            || seg.starts_with(".;")
+            || seg.starts_with("..;")
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Decodes and rebuilds `raw` segment by segment.
+fn rebuild(raw: &str) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotOriginForm);
     }
@@ -141,6 +177,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
 /// ```
 pub fn normalize_path_and_query(raw: &str) -> Result<String, PathError> {
     match raw.split_once('?') {
+        Some((path, _)) if is_normal(path) => Ok(raw.to_owned()),
         Some((path, query)) => Ok(format!("{}?{query}", normalize_path(path)?)),
         None => normalize_path(raw),
     }

@@ -183,6 +183,14 @@ proptest! {
     }
 
     #[test]
+    fn the_shortcut_for_normal_paths_agrees_with_the_rebuild(raw in path_strategy()) {
+        prop_assert_eq!(normalize_path(&raw), rebuild(&raw));
+        if is_normal(&raw) {
+            prop_assert_eq!(rebuild(&raw), Ok(raw.clone()));
+        }
+    }
+
+    #[test]
     fn arbitrary_strings_never_panic(raw in ".*") {
         let _ = normalize_path(&raw);
         let _ = normalize_path_and_query(&raw);
