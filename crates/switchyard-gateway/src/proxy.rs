@@ -403,10 +403,11 @@ enum Routed<'a> {
     Sidecar(&'a Upstream),
 }
 
-/// Labels and outcome of one request, for metrics and the log line.
-struct Outcome {
-    route: String,
-    service: String,
+/// Labels and outcome of one request, for metrics and the log line
+/// (borrowed from the route table the request runs with).
+struct Outcome<'t> {
+    route: &'t str,
+    service: &'t str,
 }
 
 impl Inner {
@@ -414,13 +415,16 @@ impl Inner {
         let start = Instant::now();
         let request_id = request_id(req.headers());
         let version = req.version();
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // Only kept for the log line when it will be written.
+        let logged = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        // Keep this table for the whole request, whatever a reload does.
+        let table = self.table.load_full();
         let mut outcome = Outcome {
-            route: "-".to_owned(),
-            service: "-".to_owned(),
+            route: "-",
+            service: "-",
         };
-        let mut res = match self.proxy(req, &request_id, &mut outcome).await {
+        let mut res = match self.proxy(req, &table, &request_id, &mut outcome).await {
             Ok(res) => res,
             Err(problem) => problem
                 .instance(request_id.to_str().unwrap_or(""))
@@ -435,26 +439,29 @@ impl Inner {
         let status = res.status();
         let elapsed = start.elapsed();
         self.metrics
-            .record(&self.listener, &outcome.route, &outcome.service, status)
+            .record(&self.listener, outcome.route, outcome.service, status)
             .record(elapsed);
-        tracing::debug!(
-            listener = %self.listener,
-            %method,
-            %path,
-            route = %outcome.route,
-            service = %outcome.service,
-            status = status.as_u16(),
-            elapsed_ms = elapsed.as_millis() as u64,
-            "request"
-        );
+        if let Some((method, path)) = logged {
+            tracing::debug!(
+                listener = %self.listener,
+                %method,
+                %path,
+                route = %outcome.route,
+                service = %outcome.service,
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request"
+            );
+        }
         res
     }
 
-    async fn proxy(
+    async fn proxy<'t>(
         &self,
         req: Request<Body>,
+        table: &'t RouteTable,
         request_id: &HeaderValue,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'t>,
     ) -> Result<Response<Body>, Problem> {
         check_framing(&req)?;
         if req.headers().len() > self.max_headers {
@@ -464,8 +471,6 @@ impl Inner {
             return Err(Problem::payload_too_large(self.max_body));
         }
 
-        // Keep this table for the whole request, whatever a reload does.
-        let table = self.table.load_full();
         let host = req
             .uri()
             .authority()
@@ -494,7 +499,7 @@ impl Inner {
         let (target, upstream_path, params, retry_non_idempotent) = match matched {
             Some(m) => {
                 let index = m.index();
-                outcome.route = table.router.name(index).unwrap_or("-").to_owned();
+                outcome.route = table.router.name(index).unwrap_or("-");
                 let (params, upstream_path) = m.into_params_and_path();
                 (
                     Routed::Target(&table.targets[index]),
@@ -511,7 +516,7 @@ impl Inner {
                     .and_then(|name| table.sidecar.get(name));
                 match named {
                     Some(upstream) => {
-                        outcome.route = "sidecar".to_owned();
+                        outcome.route = "sidecar";
                         (
                             Routed::Sidecar(upstream),
                             path_and_query.clone(),
@@ -532,12 +537,12 @@ impl Inner {
             Routed::Target(Target {
                 handler: Handler::Compose(_),
                 ..
-            }) => "compose".to_owned(),
+            }) => "compose",
             Routed::Target(Target {
                 handler: Handler::Proxy(u),
                 ..
             })
-            | Routed::Sidecar(u) => u.service.clone(),
+            | Routed::Sidecar(u) => &u.service,
         };
 
         // Authentication and authorization.
@@ -563,8 +568,8 @@ impl Inner {
                     limits.client_ip(peer, &parts.headers)
                 });
                 let ctx = LimitContext {
-                    route: &outcome.route,
-                    service: &outcome.service,
+                    route: outcome.route,
+                    service: outcome.service,
                     identity: identity.as_ref().map(|i| i.subject.as_str()),
                     client_ip,
                 };
@@ -1014,7 +1019,13 @@ where
         match req.remaining() {
             Some(left) => {
                 let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                req.headers_mut().insert(DEADLINE, HeaderValue::from(ms));
+                // From the digits: `HeaderValue::from(u64)` makes two
+                // allocations where one does.
+                if let Ok(value) =
+                    HeaderValue::from_bytes(itoa::Buffer::new().format(ms).as_bytes())
+                {
+                    req.headers_mut().insert(DEADLINE, value);
+                }
             }
             None => {
                 req.headers_mut().remove(DEADLINE);
