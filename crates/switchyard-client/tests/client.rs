@@ -136,12 +136,21 @@ fn client(
     outlier: OutlierConfig,
     health_check: Option<HealthCheckConfig>,
 ) -> (ServiceClient, watch::Sender<Endpoints>) {
+    client_with(backends, BalancerConfig::default(), outlier, health_check)
+}
+
+fn client_with(
+    backends: &[&Backend],
+    balancer: BalancerConfig,
+    outlier: OutlierConfig,
+    health_check: Option<HealthCheckConfig>,
+) -> (ServiceClient, watch::Sender<Endpoints>) {
     let endpoints: Endpoints = backends.iter().map(|b| b.endpoint()).collect();
     let (tx, rx) = watch::channel(endpoints);
     let client = ServiceClient::new(
         "test",
         TransportConfig::default(),
-        BalancerConfig::default(),
+        balancer,
         outlier,
         health_check,
         rx,
@@ -239,14 +248,28 @@ async fn b_a_killed_endpoint_is_ejected_and_traffic_moves_on() {
         consecutive_failures: 5,
         ..quiet_outlier()
     };
-    let (client, _tx) = client(&[&b[0], &b[1], &b[2]], outlier, None);
+    // A short decay: after a failure makes the dead endpoint look slow, its
+    // estimate soon falls back and it is picked (and fails) again. With the
+    // default 10 s, whether five failures in a row come before the balancer
+    // stops picking it is up to the dice.
+    let balancer = BalancerConfig {
+        decay: Duration::from_millis(50),
+        ..BalancerConfig::default()
+    };
+    let (client, _tx) = client_with(&[&b[0], &b[1], &b[2]], balancer, outlier, None);
     assert_eq!(send(&client, 60, 2).await, (60, 0));
 
     // Kill one: its pooled connections close and new connects are refused.
     b[0].kill();
-    let (_, errors) = send(&client, 200, 2).await;
+    // Send, bounded, until the dead endpoint is ejected.
+    let (mut errors, mut sent) = (0, 0);
+    while sent < 2000 && !endpoint(&client.snapshot(), &b[0]).ejected {
+        errors += send(&client, 20, 2).await.1;
+        sent += 20;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // It failed at least the five times in a row that eject it.
-    assert!(errors >= 5, "{errors} errors");
+    assert!(errors >= 5, "{errors} errors in {sent} requests");
     let snap = client.snapshot();
     let dead = endpoint(&snap, &b[0]);
     assert!(dead.ejected, "{snap:#?}");
