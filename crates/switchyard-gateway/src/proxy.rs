@@ -88,7 +88,10 @@ use http::{
 };
 use switchyard_client::Attempted;
 use switchyard_policy::{Error, PolicyRequest, ReplayBody, is_caused_by};
-use switchyard_transport::{Body, BodyTooLarge, server::content_length};
+use switchyard_transport::{
+    Body, BodyTooLarge,
+    server::{content_length, framing_refusal},
+};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt, util::BoxCloneSyncService};
 use tower_layer::Layer;
@@ -805,34 +808,10 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Refuses requests whose framing is ambiguous; see the module docs.
 fn check_framing(req: &Request<Body>) -> Result<(), Problem> {
-    let headers = req.headers();
-    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    let codings: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    if lengths > 0 && !codings.is_empty() {
-        return Err(Problem::bad_request(
-            "the request has both content-length and transfer-encoding",
-        ));
+    match framing_refusal(req.headers(), req.version()) {
+        Some(why) => Err(Problem::bad_request(why)),
+        None => Ok(()),
     }
-    if lengths > 1 {
-        return Err(Problem::bad_request(
-            "the request has more than one content-length field",
-        ));
-    }
-    if lengths == 1 && content_length(headers).is_none() {
-        return Err(Problem::bad_request(
-            "the request's content-length is not one number",
-        ));
-    }
-    match codings.as_slice() {
-        [] => {}
-        [one] if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => {}
-        _ => {
-            return Err(Problem::bad_request(
-                "the only transfer-encoding accepted is `chunked`",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The received request id if usable, otherwise a new one.

@@ -1149,6 +1149,22 @@ fn asks_to_close(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Why a request's framing fields can't be trusted, or `None` when they
+/// can: the rules this server refuses a head by, for requests that reach a
+/// handler some other way (HTTP/2, an embedder).
+pub fn framing_refusal(headers: &HeaderMap, version: Version) -> Option<String> {
+    let mut fields = Fields::default();
+    for name in [header::CONTENT_LENGTH, header::TRANSFER_ENCODING] {
+        for value in headers.get_all(&name) {
+            fields.note(&name, value.as_bytes());
+        }
+    }
+    match fields.framing(version) {
+        Err(Refusal::BadRequest(why)) => Some(why),
+        _ => None,
+    }
+}
+
 /// The value of the one `Content-Length` field, when there is exactly one
 /// and it is a number.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -1258,6 +1274,27 @@ mod tests {
                 other => panic!("{head:?}: {:?}", other.map(|h| h.map(|h| h.request))),
             }
         }
+    }
+
+    #[test]
+    fn parsed_fields_are_judged_by_the_same_rules() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(framing_refusal(&headers, Version::HTTP_2), None);
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        let why = framing_refusal(&headers, Version::HTTP_2).unwrap();
+        assert!(
+            why.contains("both content-length and transfer-encoding"),
+            "{why}"
+        );
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        let why = framing_refusal(&headers, Version::HTTP_11).unwrap();
+        assert!(why.contains("more than one content-length"), "{why}");
     }
 
     #[test]
