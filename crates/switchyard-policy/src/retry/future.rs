@@ -144,8 +144,12 @@ where
             (a, b) => a.or(b),
         };
         let (next, request) = if config.max_attempts > 1 {
+            // The first attempt sends the request itself and the copy waits:
+            // a copy is built to its exact size, while the request may have
+            // room for what the layers below add (the deadline header), so
+            // sending the copy would regrow its header map on every call.
             match req.try_clone() {
-                Some(copy) => (copy, Some(req)),
+                Some(copy) => (req, Some(copy)),
                 None => (req, None),
             }
         } else {
