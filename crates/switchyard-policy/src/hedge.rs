@@ -94,6 +94,7 @@
 //! ```
 
 use std::{
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -311,7 +312,11 @@ where
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = ResponseFuture<S, Req, C>;
+    /// Boxed: the policy stack holds either a hedged or a plain attempt in
+    /// the retry's state, sized for the larger; unboxed, every call of a
+    /// service without hedging would carry (and move) room for the hedge's
+    /// timer and bookkeeping.
+    type Future = Pin<Box<ResponseFuture<S, Req, C>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx).map_err(Error::from_inner)
@@ -332,13 +337,13 @@ where
                 remaining: self.shared.config.max_hedges,
             });
         let primary = self.inner.call(req);
-        ResponseFuture::new(
+        Box::pin(ResponseFuture::new(
             primary,
             backup,
             self.shared.clone(),
             self.budget.clone(),
             self.classifier.clone(),
             self.events.clone(),
-        )
+        ))
     }
 }

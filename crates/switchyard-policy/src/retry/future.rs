@@ -199,7 +199,10 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     *this.attempts += 1;
-                    *this.attempt_started = Instant::now();
+                    if *this.attempts > 1 {
+                        // The first attempt's start is when the call began.
+                        *this.attempt_started = Instant::now();
+                    }
                     let future = this.service.call(req);
                     this.state.set(State::Calling { future });
                 }
