@@ -161,7 +161,12 @@ impl Pool {
                 let (mut conn, reused) = match (!fresh_only).then(|| pool.checkout(&key)).flatten()
                 {
                     Some(conn) => (conn, true),
-                    None => (pool.connect(&parts.uri, key.clone()).await?, false),
+                    // Boxed: connecting is the rare case, and its state
+                    // would more than double every request's future.
+                    None => (
+                        Box::pin(pool.connect(&parts.uri, key.clone())).await?,
+                        false,
+                    ),
                 };
                 match conn.round_trip(&wire, head_only).await {
                     Ok(head) => return Ok(pool.finish(conn, head)),
