@@ -811,7 +811,7 @@ impl Inner {
                 body.sent_once()
             };
             let out = head.map(|()| body.limited(self.max_body));
-            let result = upstream.svc.clone().oneshot(out).await;
+            let result = start_call(&upstream.svc, out).await;
             self.upstream_result(upstream, result)
         }
     }
@@ -877,6 +877,50 @@ impl Inner {
                 headers.insert(header::HOST, value.clone());
             }
             headers.insert(X_FORWARDED_HOST, value);
+        }
+    }
+}
+
+/// The upstream call, started on a clone of `svc`: its response future
+/// when the service is ready at once (the policy stack always is), so that
+/// the request isn't parked beside a service clone in the request's future
+/// first (as `oneshot` does); otherwise (a boxed service that must wait, or
+/// fails readiness) the whole wait, boxed.
+fn start_call(
+    svc: &UpstreamService,
+    req: Request<Body>,
+) -> Started<<UpstreamService as Service<Request<Body>>>::Future> {
+    let mut svc = svc.clone();
+    match svc.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(Ok(())) => Started::Called {
+            future: svc.call(req),
+        },
+        Poll::Ready(Err(err)) => Started::Waiting {
+            future: Box::pin(std::future::ready(Err(err))),
+        },
+        // Polled again, with the task's waker, by `oneshot`.
+        Poll::Pending => Started::Waiting {
+            future: Box::pin(svc.oneshot(req)),
+        },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream call from [`start_call`].
+    #[project = StartedProj]
+    enum Started<F> {
+        Called { #[pin] future: F },
+        Waiting { future: Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>> },
+    }
+}
+
+impl<F: Future<Output = Result<Response<Body>, Error>>> Future for Started<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            StartedProj::Called { future } => future.poll(cx),
+            StartedProj::Waiting { future } => future.as_mut().poll(cx),
         }
     }
 }

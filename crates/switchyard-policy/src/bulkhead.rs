@@ -390,7 +390,7 @@ where
         ResponseFuture {
             state: State::Queued {
                 acquire,
-                call: Some((self.inner.clone(), req)),
+                call: Some(Box::new((self.inner.clone(), Some(req)))),
                 slot: Some(slot),
             },
         }
@@ -422,13 +422,16 @@ pin_project! {
         // Waiting in the queue for a slot.
         Queued {
             acquire: Acquire,
-            call: Option<(S, Req)>,
+            // Boxed (here and while readying): a call that waits for a slot
+            // is the rare case, and the service and request inline would
+            // make every call's future (and every layer's around it) carry
+            // room for them.
+            call: Option<Box<(S, Option<Req>)>>,
             slot: Option<QueueSlot>,
         },
         // Holding a slot; driving the cloned inner service to readiness.
         Readying {
-            svc: S,
-            req: Option<Req>,
+            call: Box<(S, Option<Req>)>,
             permit: Option<OwnedSemaphorePermit>,
         },
         // Inside the inner service.
@@ -497,16 +500,16 @@ where
                         return Poll::Ready(Err(error));
                     };
                     drop(slot);
-                    let Some((svc, req)) = call.take() else {
+                    let Some(call) = call.take() else {
                         panic!("{POLLED_AFTER_COMPLETION}");
                     };
                     this.state.set(State::Readying {
-                        svc,
-                        req: Some(req),
+                        call,
                         permit: Some(permit),
                     });
                 }
-                StateProj::Readying { svc, req, permit } => {
+                StateProj::Readying { call, permit } => {
+                    let (svc, req) = &mut **call;
                     if let Err(err) = ready!(svc.poll_ready(cx)) {
                         permit.take();
                         return Poll::Ready(Err(Error::from_inner(err)));
