@@ -118,3 +118,56 @@ fn client_addresses_are_written_as_display_writes_them() {
         assert_eq!(ip_text(ip), ip.to_string());
     }
 }
+
+/// A service that is not ready on its first poll (it wakes the task and is
+/// ready on the next), or whose readiness fails.
+#[derive(Clone)]
+struct SlowToReady {
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+    fail: bool,
+}
+
+impl Service<Request<Body>> for SlowToReady {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = std::future::Ready<Result<Response<Body>, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.fail {
+            return Poll::Ready(Err(Error::Upstream("not ready, ever".into())));
+        }
+        if self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Body::from("called"))))
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_not_ready_at_once_is_waited_for_and_a_failing_one_fails_the_call() {
+    for fail in [false, true] {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let svc: UpstreamService =
+            tower::util::Either::Right(BoxCloneSyncService::new(SlowToReady {
+                polls: polls.clone(),
+                fail,
+            }));
+        let result = start_call(&svc, Request::new(Body::empty())).await;
+        if fail {
+            assert!(result.is_err(), "the readiness error is the call's result");
+        } else {
+            let body = result.unwrap().into_body().collect_bytes().await.unwrap();
+            assert_eq!(body, "called");
+            assert_eq!(
+                polls.load(std::sync::atomic::Ordering::SeqCst),
+                2,
+                "polled once without waiting, then again by the wait"
+            );
+        }
+    }
+}
