@@ -127,7 +127,7 @@ where
         if let Some(at) = deadline {
             req.set_deadline(at);
         }
-        start(&mut self.inner, req, deadline, now, &self.events)
+        start(&mut self.inner, req, deadline, now, Some(&self.events))
     }
 }
 
@@ -190,7 +190,7 @@ where
         // The attempt bound never moves the request's deadline: only the
         // overall deadline travels to the next hop. Rejections here are
         // reported by the retry layer around it.
-        start(&mut self.inner, req, bound, now, &Events::default())
+        start(&mut self.inner, req, bound, now, None)
     }
 }
 
@@ -199,18 +199,20 @@ fn start<S, Req>(
     req: Req,
     bound: Option<Instant>,
     now: Instant,
-    events: &Events,
+    events: Option<&Events>,
 ) -> ResponseFuture<S::Future>
 where
     S: Service<Req>,
 {
     match bound {
         Some(at) if at <= now => {
-            events.emit(|service| Event::Rejected {
-                service,
-                policy: "deadline",
-                kind: "deadline-exceeded",
-            });
+            if let Some(events) = events {
+                events.emit(|service| Event::Rejected {
+                    service,
+                    policy: "deadline",
+                    kind: "deadline-exceeded",
+                });
+            }
             ResponseFuture::new(None, None)
         }
         Some(at) => ResponseFuture::new(Some(inner.call(req)), Some(tokio::time::sleep_until(at))),

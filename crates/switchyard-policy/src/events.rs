@@ -92,17 +92,32 @@ pub trait Observer: Send + Sync + 'static {
 }
 
 /// The reporting handle each layer holds: the service name and the observer.
-#[derive(Clone, Default)]
+///
+/// One `Arc` for both: several layers of every service's stack hold a
+/// handle, and the gateway clones the stack per request, so each pointer
+/// here is an atomic increment and decrement per layer per request.
+#[derive(Clone)]
 pub struct Events {
+    inner: Arc<EventsInner>,
+}
+
+struct EventsInner {
     service: Arc<str>,
     observer: Option<Arc<dyn Observer>>,
+}
+
+impl Default for Events {
+    /// Reports nothing, about a service with an empty name.
+    fn default() -> Self {
+        Self::silent("")
+    }
 }
 
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Events")
-            .field("service", &self.service)
-            .field("observer", &self.observer.is_some())
+            .field("service", &self.inner.service)
+            .field("observer", &self.inner.observer.is_some())
             .finish()
     }
 }
@@ -111,29 +126,33 @@ impl Events {
     /// Reports events about `service` to `observer`.
     pub fn new(service: impl Into<Arc<str>>, observer: Arc<dyn Observer>) -> Self {
         Self {
-            service: service.into(),
-            observer: Some(observer),
+            inner: Arc::new(EventsInner {
+                service: service.into(),
+                observer: Some(observer),
+            }),
         }
     }
 
     /// Reports nothing; `service` still names the service in errors and logs.
     pub fn silent(service: impl Into<Arc<str>>) -> Self {
         Self {
-            service: service.into(),
-            observer: None,
+            inner: Arc::new(EventsInner {
+                service: service.into(),
+                observer: None,
+            }),
         }
     }
 
     /// The service these events are about.
     pub fn service(&self) -> &str {
-        &self.service
+        &self.inner.service
     }
 
     /// Builds and reports an event, if anyone listens.
     #[inline]
     pub fn emit(&self, event: impl FnOnce(&str) -> Event<'_>) {
-        if let Some(observer) = &self.observer {
-            observer.on_event(&event(&self.service));
+        if let Some(observer) = &self.inner.observer {
+            observer.on_event(&event(&self.inner.service));
         }
     }
 }
@@ -391,7 +410,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         // Without an observer there is nothing to report: skip the clock read.
-        let report = self.events.observer.is_some().then(|| Report {
+        let report = self.events.inner.observer.is_some().then(|| Report {
             start: tokio::time::Instant::now(),
             classifier: self.classifier.clone(),
             events: self.events.clone(),
