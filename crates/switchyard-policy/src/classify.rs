@@ -5,7 +5,7 @@
 //! layer can say that a `503` response is a failure worth retrying while a
 //! `404` is a success as far as the service's health is concerned.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use crate::Error;
 
@@ -105,25 +105,52 @@ pub const DEFAULT_RETRYABLE_STATUSES: [u16; 4] = [429, 502, 503, 504];
 /// Classifies [`http::Response`]s: `5xx` and `429` are failures; the
 /// retryable statuses (by default 429, 502, 503, 504) are retried, honouring a
 /// `Retry-After` header given in seconds or as an HTTP date.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct HttpClassifier {
-    // Shared: every layer holding the classifier is cloned per call.
-    retryable: Arc<[u16]>,
+    // Only failures (5xx and 429) are ever retried, so the retryable
+    // statuses are bits: 500–599 in two words, and 429. Plain bits, not a
+    // shared list: every layer holding the classifier is cloned per call,
+    // and an `Arc` costs an atomic increment and decrement each time.
+    server_errors: [u64; 2],
+    too_many_requests: bool,
 }
 
 impl Default for HttpClassifier {
     fn default() -> Self {
-        Self {
-            retryable: Arc::from(DEFAULT_RETRYABLE_STATUSES.as_slice()),
-        }
+        Self::new(DEFAULT_RETRYABLE_STATUSES)
     }
 }
 
 impl HttpClassifier {
     /// A classifier retrying the given statuses instead of the defaults.
+    /// Statuses other than `5xx` and `429` are successes, never retried, so
+    /// listing them changes nothing.
     pub fn new(retryable: impl IntoIterator<Item = u16>) -> Self {
-        Self {
-            retryable: retryable.into_iter().collect(),
+        let mut classifier = Self {
+            server_errors: [0; 2],
+            too_many_requests: false,
+        };
+        for status in retryable {
+            match status {
+                429 => classifier.too_many_requests = true,
+                500..=599 => {
+                    let bit = usize::from(status - 500);
+                    classifier.server_errors[bit / 64] |= 1 << (bit % 64);
+                }
+                _ => {}
+            }
+        }
+        classifier
+    }
+
+    fn retries(&self, status: u16) -> bool {
+        match status {
+            429 => self.too_many_requests,
+            500..=599 => {
+                let bit = usize::from(status - 500);
+                self.server_errors[bit / 64] & (1 << (bit % 64)) != 0
+            }
+            _ => false,
         }
     }
 }
@@ -138,7 +165,7 @@ impl<B> Classify<http::Response<B>> for HttpClassifier {
         if !(status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS) {
             return Class::SUCCESS;
         }
-        let retryable = self.retryable.contains(&status.as_u16());
+        let retryable = self.retries(status.as_u16());
         let retry_after = res
             .headers()
             .get(http::header::RETRY_AFTER)
@@ -196,6 +223,23 @@ mod tests {
             Classify::<http::Response<()>>::classify(&c, Err(&rejected)),
             Class::IGNORED
         );
+    }
+
+    #[test]
+    fn custom_retryable_statuses_across_the_whole_5xx_range() {
+        let c = HttpClassifier::new([500, 563, 564, 599, 408]);
+        for status in [500, 563, 564, 599] {
+            assert!(c.classify(Ok(&res(status, None))).retryable, "{status}");
+        }
+        for status in [429, 501, 502, 503, 565, 598] {
+            let class = c.classify(Ok(&res(status, None)));
+            assert_eq!(class.outcome, Outcome::Failure, "{status}");
+            assert!(!class.retryable, "{status}");
+        }
+        // Not a failure, so never retried, listed or not.
+        assert_eq!(c.classify(Ok(&res(408, None))), Class::SUCCESS);
+        let none = HttpClassifier::new([]);
+        assert!(!none.classify(Ok(&res(503, None))).retryable);
     }
 
     #[test]
