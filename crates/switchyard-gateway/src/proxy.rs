@@ -431,8 +431,9 @@ impl Inner {
     // Not `async fn`, here and in `answer` and `forward`: an async fn
     // copies its arguments into its body, and the future keeps both copies
     // for its whole life; an `async move` block uses what it captured in
-    // place. The request's future is 38% smaller this way (4.3 → 2.6 KB),
-    // and it is moved whole as it is built and boxed.
+    // place (with this alone the request's future went from 4.3 to
+    // 2.6 KB; 2.2 KB with the boxing of rare states), and it is moved whole
+    // as it is built and boxed.
     #[allow(clippy::manual_async_fn)]
     fn handle(
         self: Arc<Self>,
