@@ -910,7 +910,15 @@ impl Outgoing {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let mut close = close || asks_to_close(&parts.headers);
+        // The fields looked up below are noted on the pass that writes the
+        // others: a proxied answer has had `Connection` removed, and a lookup
+        // of a field that isn't there costs a hash and a probe all the same.
+        let (mut has_connection, mut has_date) = (false, false);
+        for name in parts.headers.keys() {
+            has_connection |= *name == header::CONNECTION;
+            has_date |= *name == header::DATE;
+        }
+        let mut close = close || (has_connection && asks_to_close(&parts.headers));
         // What a HEAD answer's length says, when the handler didn't: the
         // size of the body a GET would have had.
         let head_length = (*method == Method::HEAD
@@ -953,7 +961,7 @@ impl Outgoing {
             buf.extend_from_slice(value.as_bytes());
             buf.extend_from_slice(b"\r\n");
         }
-        if !parts.headers.contains_key(header::DATE) {
+        if !has_date {
             buf.extend_from_slice(b"date: ");
             date::append(&mut buf);
             buf.extend_from_slice(b"\r\n");
@@ -973,7 +981,8 @@ impl Outgoing {
             buf.extend_from_slice(b"\r\n");
         }
         // The handler's own `Connection` field, minus what is decided here.
-        for value in parts.headers.get_all(header::CONNECTION) {
+        let connection = has_connection.then(|| parts.headers.get_all(header::CONNECTION));
+        for value in connection.into_iter().flatten() {
             let named: Vec<&[u8]> = value
                 .as_bytes()
                 .split(|&b| b == b',')

@@ -53,7 +53,9 @@ fn chunks(parts: &[&'static str]) -> Body {
 /// - `/echo`: `<method> <target> <version> [<body>]`, in memory;
 /// - `/stream`: `a`, `bb`, `ccc` as three frames, no length;
 /// - `/length`: the same frames with a `content-length: 6` set by hand;
-/// - `/ignore`: `ignored` without reading the body.
+/// - `/ignore`: `ignored` without reading the body;
+/// - `/fields`: `ok`, with the handler's own `date` and
+///   `connection: close, x-hop`.
 async fn handle(req: Request<Body>) -> Result<Response<Body>, Infallible> {
     let res = match req.uri().path() {
         "/stream" => Response::new(chunks(&["a", "bb", "ccc"])),
@@ -64,6 +66,16 @@ async fn handle(req: Request<Body>) -> Result<Response<Body>, Infallible> {
             res
         }
         "/ignore" => Response::new(Body::from("ignored")),
+        "/fields" => {
+            let mut res = Response::new(Body::from("ok"));
+            let headers = res.headers_mut();
+            headers.insert(
+                http::header::DATE,
+                "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+            );
+            headers.insert(http::header::CONNECTION, "close, x-hop".parse().unwrap());
+            res
+        }
         _ => {
             let head = format!("{} {} {:?}", req.method(), req.uri(), req.version());
             let body = match req.into_body().collect_bytes().await {
@@ -250,6 +262,34 @@ async fn continue_is_sent_only_when_the_handler_reads_the_body() {
     assert!(!out.contains("100 Continue"), "{out}");
     assert!(out.contains("connection: close\r\n"), "{out}");
     assert!(out.ends_with("ignored"), "{out}");
+}
+
+#[tokio::test]
+async fn the_handlers_own_date_and_connection_fields_are_honoured() {
+    let s = server(ServerConfig::default()).await;
+    // Asked to keep the connection open, but the handler closes it.
+    let out = exchange(
+        s.addr,
+        b"GET /fields HTTP/1.1\r\nhost: x\r\n\r\nGET /echo HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 1, "{out}");
+    assert_eq!(out.matches("date: ").count(), 1, "{out}");
+    assert!(
+        out.contains("date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("connection: x-hop\r\n"), "{out}");
+    assert!(out.contains("connection: close\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    // Without fields of its own, the server writes the date.
+    let out = exchange(
+        s.addr,
+        b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("date: ").count(), 1, "{out}");
+    assert_eq!(out.matches("connection: ").count(), 1, "{out}");
 }
 
 #[tokio::test]
