@@ -452,10 +452,7 @@ impl Inner {
                 route: "-",
                 service: "-",
             };
-            // Not the match's scrutinee: a temporary there would live, and
-            // take room in this future, until the end of the match.
-            let admitted = self.admit(req, &table, &mut outcome);
-            let answered = match admitted {
+            let answered = match self.admit(req, &table, &mut outcome) {
                 Ok(admitted) => self.answer(admitted, &table, &request_id, &outcome).await,
                 Err(problem) => Err(problem),
             };
@@ -649,9 +646,8 @@ impl Inner {
                 }
                 _ => None,
             };
-            if let Some(identity) = &admitted.identity
-                && table.security.authenticator.is_some()
-            {
+            // An identity comes only from the authenticator.
+            if let Some(identity) = &admitted.identity {
                 forward_identity(
                     &table.security.forward,
                     identity,

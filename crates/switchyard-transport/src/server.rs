@@ -903,22 +903,13 @@ enum OutFraming {
 }
 
 impl Outgoing {
-    fn new(res: http::Response<Body>, method: &Method, version: Version, close: bool) -> Self {
+    fn new(res: http::Response<Body>, method: &Method, version: Version, mut close: bool) -> Self {
         let (parts, body) = res.into_parts();
         let status = parts.status;
         let bodyless = *method == Method::HEAD
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        // The fields looked up below are noted on the pass that writes the
-        // others: a proxied answer has had `Connection` removed, and a lookup
-        // of a field that isn't there costs a hash and a probe all the same.
-        let (mut has_connection, mut has_date) = (false, false);
-        for name in parts.headers.keys() {
-            has_connection |= *name == header::CONNECTION;
-            has_date |= *name == header::DATE;
-        }
-        let mut close = close || (has_connection && asks_to_close(&parts.headers));
         // What a HEAD answer's length says, when the handler didn't: the
         // size of the body a GET would have had.
         let head_length = (*method == Method::HEAD
@@ -949,7 +940,13 @@ impl Outgoing {
         buf.push(b' ');
         buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         buf.extend_from_slice(b"\r\n");
+        // `Connection` and `Date` are noted on this pass rather than looked
+        // up: a proxied answer has had `Connection` removed, and a lookup of
+        // a field that isn't there costs a hash and a probe all the same.
+        let (mut has_connection, mut has_date) = (false, false);
         for (name, value) in &parts.headers {
+            has_connection |= *name == header::CONNECTION;
+            has_date |= *name == header::DATE;
             let framing_field = *name == header::TRANSFER_ENCODING
                 || (*name == header::CONTENT_LENGTH && !keep_length)
                 || *name == header::CONNECTION;
@@ -980,6 +977,7 @@ impl Outgoing {
             buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             buf.extend_from_slice(b"\r\n");
         }
+        close = close || (has_connection && asks_to_close(&parts.headers));
         // The handler's own `Connection` field, minus what is decided here.
         let connection = has_connection.then(|| parts.headers.get_all(header::CONNECTION));
         for value in connection.into_iter().flatten() {
