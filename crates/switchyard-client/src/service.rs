@@ -166,7 +166,7 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> ResponseFuture {
-        let now = Instant::now();
+        let now = switchyard_policy::clock::now();
         // Retries and hedges of one call share this record (request copies
         // share their extensions), so a retry goes to another endpoint when
         // there is one: a dead instance can't take every attempt.
@@ -290,7 +290,7 @@ impl Shared {
 
     /// Replaces the endpoint set, keeping the state of endpoints still in it.
     fn apply(&self, endpoints: &[Endpoint]) {
-        let now = Instant::now();
+        let now = switchyard_policy::clock::now();
         let old = self.endpoints.load();
         let by_addr: HashMap<SocketAddr, &Arc<EndpointState>> =
             old.iter().map(|e| (e.addr(), e)).collect();
@@ -554,7 +554,7 @@ impl Drop for InFlight {
 
 impl InFlight {
     fn finish(self, failed: bool) {
-        let now = Instant::now();
+        let now = switchyard_policy::clock::now();
         let rtt_ns = now.saturating_duration_since(self.start).as_nanos() as f64;
         self.shared.record(&self.endpoint, now, rtt_ns, failed);
     }

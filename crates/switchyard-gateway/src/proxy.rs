@@ -440,7 +440,7 @@ impl Inner {
         req: Request<Body>,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
         async move {
-            let start = Instant::now();
+            let start = switchyard_policy::clock::now();
             let request_id = request_id(req.headers());
             let version = req.version();
             // Only kept for the log line when it will be written.
@@ -469,7 +469,7 @@ impl Inner {
             }
 
             let status = res.status();
-            let elapsed = start.elapsed();
+            let elapsed = switchyard_policy::clock::now().saturating_duration_since(start);
             self.metrics
                 .record(&self.listener, outcome.route, outcome.service, status)
                 .record(elapsed);
@@ -985,7 +985,7 @@ fn take_deadline(headers: &mut HeaderMap) -> Option<Instant> {
     if ms > MAX_PROPAGATED_DEADLINE_MS {
         return None;
     }
-    Instant::now().checked_add(Duration::from_millis(ms))
+    switchyard_policy::clock::now().checked_add(Duration::from_millis(ms))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {

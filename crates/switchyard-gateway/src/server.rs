@@ -187,7 +187,9 @@ where
         let tls = tls.as_ref().map(|t| t.acceptor());
         let handshake_timeout = limits_header_timeout;
         let tls_failures = tls_failures.clone();
-        conns.spawn(async move {
+        // Every policy on the connection's calls reads the time: once per
+        // poll is enough (see `clock`).
+        conns.spawn(switchyard_policy::clock::per_poll(async move {
             let _permit = permit;
             let conn = Conn {
                 settings,
@@ -211,7 +213,7 @@ where
                 }
             }
             open.decrement(1.0);
-        });
+        }));
     }
 
     // Refuse new connections at once, then let the open ones finish.

@@ -416,14 +416,14 @@ impl CircuitBreaker {
             }
             State::Open | State::ForcedOpen => {
                 let until = self.shared.open_until.load(Ordering::Acquire);
-                let now = Instant::now();
+                let now = crate::clock::now();
                 let at = self.shared.nanos(now);
                 if at < until {
                     return Err(self.shared.open_error(until, at));
                 }
                 self.shared.acquire_slow(now)
             }
-            State::HalfOpen => self.shared.acquire_slow(Instant::now()),
+            State::HalfOpen => self.shared.acquire_slow(crate::clock::now()),
         }
     }
 

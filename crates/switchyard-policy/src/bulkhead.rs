@@ -376,7 +376,7 @@ where
             };
         };
         let semaphore = self.shared.semaphore.clone();
-        let deadline = tokio::time::Instant::now().checked_add(self.shared.max_wait);
+        let deadline = crate::clock::now().checked_add(self.shared.max_wait);
         let acquire: Acquire = Box::pin(async move {
             match deadline {
                 Some(deadline) => tokio::time::timeout_at(deadline, semaphore.acquire_owned())

@@ -411,7 +411,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // Without an observer there is nothing to report: skip the clock read.
         let report = self.events.inner.observer.is_some().then(|| Report {
-            start: tokio::time::Instant::now(),
+            start: crate::clock::now(),
             classifier: self.classifier.clone(),
             events: self.events.clone(),
         });
@@ -454,7 +454,7 @@ where
         let out = std::task::ready!(this.inner.poll(cx));
         if let Some(report) = this.report.take() {
             let outcome = report.classifier.classify(out.as_ref()).outcome;
-            let latency = report.start.elapsed();
+            let latency = crate::clock::now().saturating_duration_since(report.start);
             report.events.emit(|service| Event::Call {
                 service,
                 outcome,

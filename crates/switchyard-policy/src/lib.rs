@@ -58,6 +58,7 @@
 pub mod breaker;
 pub mod bulkhead;
 pub mod classify;
+pub mod clock;
 pub mod deadline;
 mod error;
 pub mod events;

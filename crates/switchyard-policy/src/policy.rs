@@ -285,7 +285,16 @@ impl<S, C: Clone> Layer<S> for Policy<C> {
             ),
             None => Either::Right(bounded),
         };
-        let deadline = DeadlineLayer::new(config.timeout, self.events.clone()).layer(limited);
+        let deadline = DeadlineLayer::new(config.timeout, self.events.clone());
+        // Without a bulkhead or rate limiter inside, nothing waits past the
+        // deadline: each attempt is bounded by it and the retry's waits stop
+        // at it. The deadline layer then needs no timer of its own.
+        let deadline = if self.bulkhead.is_none() && self.rate_limiter.is_none() {
+            deadline.enforced_inside()
+        } else {
+            deadline
+        };
+        let deadline = deadline.layer(limited);
         PolicyService {
             inner: ObserveLayer::new(self.classifier.clone(), self.events.clone()).layer(deadline),
         }

@@ -21,7 +21,7 @@ pub trait PolicyRequest: Sized {
     /// Time left until the deadline (`None` without a deadline, zero once passed).
     fn remaining(&self) -> Option<std::time::Duration> {
         self.deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()))
+            .map(|d| d.saturating_duration_since(crate::clock::now()))
     }
 }
 

@@ -215,3 +215,65 @@ fn the_documented_example_config_is_valid() {
     config.validate().unwrap();
     assert_eq!(config.retry.budget.retry_ratio, 0.1);
 }
+
+/// Fails its first call, then is never ready again.
+#[derive(Clone, Default)]
+struct FailsThenStalls {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<Call<u32>> for FailsThenStalls {
+    type Response = u32;
+    type Error = Error;
+    type Future = std::future::Ready<Result<u32, Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Error>> {
+        if self.calls.load(Ordering::SeqCst) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: Call<u32>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err(Error::from_inner(std::io::Error::other("reset"))))
+    }
+}
+
+// Without a bulkhead or rate limiter the deadline layer sets no timer of its
+// own: the attempt's bound and the retry's waits must end the call on time.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_holds_without_a_timer_of_its_own() {
+    let policy = Policy::new(
+        config(
+            r#"
+            timeout = "100ms"
+            [retry]
+            base_delay = "1ms"
+            jitter = "none"
+            "#,
+        ),
+        Events::silent("users"),
+    )
+    .unwrap();
+
+    // An attempt that never answers is cut at the deadline.
+    let stalled = policy.layer(service_fn(|_: Call<u32>| {
+        std::future::pending::<Result<u32, Error>>()
+    }));
+    let start = Instant::now();
+    let err = stalled.oneshot(Call::new(1)).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert!(matches!(err.root(), Error::DeadlineExceeded), "{err:?}");
+
+    // A retry that waits for a service that never becomes ready again is
+    // cut at the deadline too.
+    let svc = FailsThenStalls::default();
+    let calls = svc.calls.clone();
+    let start = Instant::now();
+    let err = policy.layer(svc).oneshot(Call::new(2)).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert!(matches!(err, Error::DeadlineExceeded), "{err:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -260,7 +260,7 @@ impl PoolInner {
         if list.len() < self.max_idle {
             list.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: switchyard_policy::clock::now(),
             });
         }
         drop(idle);
@@ -318,7 +318,8 @@ impl Idle {
     /// Not idle past `timeout`, and neither closed nor written to by the
     /// endpoint meanwhile.
     fn is_usable(&self, timeout: Duration) -> bool {
-        self.since.elapsed() < timeout && self.conn.is_open_and_quiet()
+        switchyard_policy::clock::now().saturating_duration_since(self.since) < timeout
+            && self.conn.is_open_and_quiet()
     }
 }
 

@@ -211,7 +211,7 @@ where
         config,
         draining: false,
         first: true,
-        wait_start: Instant::now(),
+        wait_start: switchyard_policy::clock::now(),
     };
     let mut drain = pin!(drain);
     // One timer for the connection's life: it is re-armed only when it
@@ -315,7 +315,7 @@ where
             return Ok(Served::Closed);
         }
         conn.first = false;
-        conn.wait_start = Instant::now();
+        conn.wait_start = switchyard_policy::clock::now();
         if conn.buf.is_empty() {
             // Let go of the buffer: an idle connection holds none.
             conn.buf = BytesMut::new();
@@ -419,6 +419,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             }
             while timer.as_mut().poll(cx).is_ready() {
                 let deadline = self.wait_start + self.config.header_read_timeout;
+                // The real clock: the timer fired, and a cached instant
+                // could stay short of the deadline for the whole poll.
                 if Instant::now() >= deadline {
                     return Poll::Ready(Waited::Closed);
                 }

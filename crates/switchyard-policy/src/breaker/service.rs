@@ -114,7 +114,7 @@ where
                 },
                 permit: Some(permit),
                 classifier: Some(self.classifier.clone()),
-                start: Instant::now(),
+                start: crate::clock::now(),
             },
             Err(err) => {
                 self.breaker.events().emit(|service| Event::Rejected {
@@ -127,7 +127,7 @@ where
                     kind: Kind::Rejected { retry_after },
                     permit: None,
                     classifier: None,
-                    start: Instant::now(),
+                    start: crate::clock::now(),
                 }
             }
         }
@@ -183,7 +183,7 @@ where
                 if let (Some(permit), Some(classifier)) =
                     (this.permit.take(), this.classifier.as_ref())
                 {
-                    let now = Instant::now();
+                    let now = crate::clock::now();
                     let class = classifier.classify(result.as_ref());
                     permit.record_at(
                         class.outcome,

@@ -63,7 +63,7 @@ where
         classifier: C,
         events: Events,
     ) -> Self {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let timer = backup
             .as_ref()
             .and_then(|b| now.checked_add(b.delay))
@@ -148,7 +148,7 @@ where
 {
     let result = result.map_err(Error::from_inner);
     if let Some(history) = &this.shared.history {
-        history.record(started.elapsed());
+        history.record(crate::clock::now().saturating_duration_since(started));
     }
     let class = this.classifier.classify(result.as_ref());
     if result.is_ok() && class.outcome != Outcome::Failure {
@@ -202,7 +202,7 @@ where
         stop(this);
         return false;
     };
-    let now = Instant::now();
+    let now = crate::clock::now();
     this.backups
         .push((now, Box::pin(backup.service.call(request))));
     this.events.emit(|service| Event::Hedge { service });

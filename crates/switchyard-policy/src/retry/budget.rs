@@ -201,7 +201,7 @@ impl Shared {
     /// Clears the slots that expired since the last update; returns the index
     /// of the current slot.
     fn roll(&self, window: &mut Window) -> usize {
-        let elapsed = Instant::now().saturating_duration_since(self.started);
+        let elapsed = crate::clock::now().saturating_duration_since(self.started);
         let now = u64::try_from(elapsed.as_nanos() / self.slot_width.as_nanos().max(1))
             .unwrap_or(u64::MAX);
         if now > window.current {

@@ -76,8 +76,10 @@ pin_project! {
         Calling { #[pin] future: F },
         // Waiting out the backoff before the next attempt.
         Backoff { #[pin] sleep: Sleep },
-        // Waiting for the service to be ready for the next attempt.
-        Ready,
+        // Waiting for the service to be ready for the next attempt; `limit`
+        // is set once the wait is found to be real, so that it ends at the
+        // deadline (the deadline layer outside may set no timer of its own).
+        Ready { #[pin] limit: Option<Sleep> },
         // The output was returned.
         Done,
     }
@@ -137,7 +139,7 @@ where
         classifier: C,
         events: Events,
     ) -> Self {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let total_end = config.max_total_duration.and_then(|d| now.checked_add(d));
         let give_up_at = match (req.deadline(), total_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -186,13 +188,26 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Ready => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                StateProj::Ready { mut limit } => match this.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => this.state.set(State::Start),
+                    Poll::Ready(Err(e)) => {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(Error::from_inner(e)));
                     }
-                    this.state.set(State::Start);
-                }
+                    Poll::Pending => {
+                        let Some(at) = *this.give_up_at else {
+                            return Poll::Pending;
+                        };
+                        if limit.is_none() {
+                            limit.set(Some(tokio::time::sleep_until(at)));
+                        }
+                        if let Some(sleep) = limit.as_pin_mut() {
+                            ready!(sleep.poll(cx));
+                        }
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(Error::DeadlineExceeded));
+                    }
+                },
                 StateProj::Start => {
                     let Some(req) = this.next.take() else {
                         this.state.set(State::Done);
@@ -201,7 +216,7 @@ where
                     *this.attempts += 1;
                     if *this.attempts > 1 {
                         // The first attempt's start is when the call began.
-                        *this.attempt_started = Instant::now();
+                        *this.attempt_started = crate::clock::now();
                     }
                     let future = this.service.call(req);
                     this.state.set(State::Calling { future });
@@ -210,7 +225,8 @@ where
                     let result = ready!(future.poll(cx)).map_err(Error::from_inner);
                     let class = this.classifier.classify(result.as_ref());
                     let attempt = *this.attempts;
-                    let latency = this.attempt_started.elapsed();
+                    let latency =
+                        crate::clock::now().saturating_duration_since(*this.attempt_started);
                     this.events.emit(|service| Event::Attempt {
                         service,
                         attempt,
@@ -229,7 +245,7 @@ where
                                 delay,
                             });
                             if delay.is_zero() {
-                                this.state.set(State::Ready);
+                                this.state.set(State::Ready { limit: None });
                             } else {
                                 this.state.set(State::Backoff {
                                     sleep: tokio::time::sleep_until(wake),
@@ -240,7 +256,7 @@ where
                 }
                 StateProj::Backoff { sleep } => {
                     ready!(sleep.poll(cx));
-                    this.state.set(State::Ready);
+                    this.state.set(State::Ready { limit: None });
                 }
                 StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
             }
@@ -288,7 +304,7 @@ where
         Some(_) => return Next::Return(exhausted(result)),
         None => this.delays.next_delay(),
     };
-    let Some(wake) = Instant::now().checked_add(delay) else {
+    let Some(wake) = crate::clock::now().checked_add(delay) else {
         return Next::Return(exhausted(result));
     };
     if this.give_up_at.is_some_and(|limit| wake >= limit) {
