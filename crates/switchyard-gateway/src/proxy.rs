@@ -748,11 +748,23 @@ impl Inner {
         retry_non_idempotent: bool,
         request_id: &HeaderValue,
     ) -> Result<(Request<()>, bool), Problem> {
-        let uri: Uri = upstream_path.parse().map_err(|_| {
-            Problem::bad_request(format!(
-                "the upstream path `{upstream_path}` is not a valid request target"
-            ))
-        })?;
+        // The usual case: the target goes upstream as it came (its path
+        // already normal, no rewrite), so the received one is kept rather
+        // than parsed again.
+        let as_received = parts.uri.scheme().is_none()
+            && parts
+                .uri
+                .path_and_query()
+                .is_some_and(|pq| pq.as_str() == upstream_path);
+        let uri: Uri = if as_received {
+            parts.uri
+        } else {
+            upstream_path.parse().map_err(|_| {
+                Problem::bad_request(format!(
+                    "the upstream path `{upstream_path}` is not a valid request target"
+                ))
+            })?
+        };
         let mut headers = parts.headers;
         let deadline = take_deadline(&mut headers);
         remove_hop_by_hop(&mut headers);

@@ -488,7 +488,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
     let base = buf.as_ptr() as usize;
     let mut spans = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+        let name = header_name(h.name.as_bytes())
             .map_err(|_| Failure::protocol(format!("invalid header name {:?}", h.name)))?;
         if framing.note(&name, h.value)? {
             continue;
@@ -625,23 +625,28 @@ fn encode_request(parts: &http::request::Parts, authority: &Authority, body: &By
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    let fields_start = out.len();
+    // One pass over the fields notes Host and Content-Length (two map
+    // lookups less per request).
+    let (mut has_host, mut had_length) = (false, false);
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            had_length |= name == header::CONTENT_LENGTH;
             continue;
         }
+        has_host |= name == header::HOST;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if !has_host {
+        // Host goes first (RFC 9110 §7.2); a request without one is rare.
+        let line = [b"host: ", authority.as_str().as_bytes(), b"\r\n"].concat();
+        out.splice(fields_start..fields_start, line);
+    }
     // A body, or a method that carries one, says its length; an empty GET
     // says nothing, as clients do.
-    let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
     let body_method = !matches!(
         parts.method,
         Method::GET
@@ -659,6 +664,27 @@ fn encode_request(parts: &http::request::Parts, authority: &Authority, body: &By
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// The field name for `bytes`: the names most messages carry are matched as
+/// they are spelled on the wire, the rest go through
+/// [`HeaderName::from_bytes`], which lower-cases every name into a scratch
+/// buffer before it looks it up (about five times the cost, for each field
+/// of every request and response).
+pub(crate) fn header_name(bytes: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    Ok(match bytes {
+        b"Host" | b"host" => header::HOST,
+        b"Date" | b"date" => header::DATE,
+        b"Server" | b"server" => header::SERVER,
+        b"Accept" | b"accept" => header::ACCEPT,
+        b"Connection" | b"connection" => header::CONNECTION,
+        b"User-Agent" | b"user-agent" => header::USER_AGENT,
+        b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
+        b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
+        b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
+        _ => return HeaderName::from_bytes(bytes),
+    })
 }
 
 /// A response body read from its connection as the caller polls it; the
@@ -883,5 +909,98 @@ impl http_body::Body for ResponseBody {
             Framing::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_field_names_are_the_ones_from_bytes_gives() {
+        for name in [
+            "Host",
+            "host",
+            "HOST",
+            "Date",
+            "server",
+            "Accept",
+            "connection",
+            "User-Agent",
+            "Content-Type",
+            "content-length",
+            "Content-length",
+            "Accept-Encoding",
+            "transfer-encoding",
+            "X-Request-Id",
+            "x-forwarded-for",
+            "Te",
+        ] {
+            assert_eq!(
+                header_name(name.as_bytes()).unwrap(),
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "{name}"
+            );
+        }
+        assert!(header_name(b"bad name").is_err());
+        assert!(header_name(b"").is_err());
+    }
+
+    fn encoded(req: http::Request<()>, body: &'static [u8]) -> String {
+        let (parts, ()) = req.into_parts();
+        let authority = Authority::from_static("10.0.0.7:8080");
+        String::from_utf8(encode_request(
+            &parts,
+            &authority,
+            &Bytes::from_static(body),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_without_host_gets_the_endpoints_first_and_its_own_is_kept() {
+        let req = http::Request::get("/a?b=1")
+            .header("x-one", "1")
+            .header("x-two", "2")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encoded(req, b""),
+            "GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.7:8080\r\nx-one: 1\r\nx-two: 2\r\n\r\n"
+        );
+
+        let req = http::Request::get("/")
+            .header("x-one", "1")
+            .header("host", "shop.example")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encoded(req, b""),
+            "GET / HTTP/1.1\r\nx-one: 1\r\nhost: shop.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn the_length_is_ours_and_a_transfer_coding_is_dropped() {
+        let req = http::Request::post("/p")
+            .header("host", "h")
+            .header("content-length", "999")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encoded(req, b"abc"),
+            "POST /p HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        // An empty GET that said `content-length: 0` still says it.
+        let req = http::Request::get("/")
+            .header("host", "h")
+            .header("content-length", "0")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encoded(req, b""),
+            "GET / HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 }

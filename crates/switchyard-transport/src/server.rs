@@ -85,7 +85,7 @@ use tower_service::Service;
 
 use crate::{
     Body,
-    h1::{Chunk, Framing, Step, decode, poll_read_some},
+    h1::{Chunk, Framing, Step, decode, header_name, poll_read_some},
 };
 
 /// Default largest request head (request line and fields), in bytes.
@@ -516,7 +516,7 @@ fn parse_request(
     let mut fields = Fields::default();
     let mut spans = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+        let name = header_name(h.name.as_bytes())
             .map_err(|_| Refusal::bad(format!("invalid header name {:?}", h.name)))?;
         fields.note(&name, h.value);
         let start = h.value.as_ptr() as usize - base;
