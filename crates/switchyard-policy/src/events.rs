@@ -5,7 +5,12 @@
 //! `metrics` facade) and exports from there. Without an observer, reporting
 //! costs one branch per event.
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use crate::{Outcome, breaker::State};
 
@@ -89,6 +94,15 @@ pub enum Event<'a> {
 pub trait Observer: Send + Sync + 'static {
     /// Called once per event.
     fn on_event(&self, event: &Event<'_>);
+
+    /// An observer for the events of `service` alone, asked for once when
+    /// that service's [`Events`] handle is built: it can keep what it needs
+    /// per service (metric handles) instead of looking the service up on
+    /// every event. `None`, the default: this observer sees them itself.
+    fn for_service(&self, service: &str) -> Option<Arc<dyn Observer>> {
+        let _ = service;
+        None
+    }
 }
 
 /// The reporting handle each layer holds: the service name and the observer.
@@ -125,9 +139,11 @@ impl fmt::Debug for Events {
 impl Events {
     /// Reports events about `service` to `observer`.
     pub fn new(service: impl Into<Arc<str>>, observer: Arc<dyn Observer>) -> Self {
+        let service = service.into();
+        let observer = observer.for_service(&service).unwrap_or(observer);
         Self {
             inner: Arc::new(EventsInner {
-                service: service.into(),
+                service,
                 observer: Some(observer),
             }),
         }
@@ -237,22 +253,72 @@ impl Observer for MetricsObserver {
 ///
 /// The plain observer builds owned label strings and has the recorder look
 /// up each series on every event, which is most of what the policy stack
-/// costs per call; this one does that once per (service, outcome) and then
-/// only looks the service up in a map. The handles belong to the recorder
-/// installed when they were first needed, so create the observer after the
-/// global recorder is set. Other events go through [`MetricsObserver`].
+/// costs per call; this one does that once per (service, outcome). Through
+/// an [`Events`] handle it is bound to the service once
+/// ([`Observer::for_service`]), so an event costs no lock and no lookup;
+/// called directly, it finds the service in a map. The handles belong to
+/// the recorder installed when they were first needed, so create the
+/// observer after the global recorder is set. Other events go through
+/// [`MetricsObserver`].
 #[derive(Debug, Default)]
 pub struct CachedMetricsObserver {
-    // foldhash: looked up twice per call; SipHash's DoS resistance buys
-    // nothing for keys that come from the configuration.
-    services: parking_lot::Mutex<HashMap<Box<str>, ServiceSeries, foldhash::fast::RandomState>>,
+    // foldhash: SipHash's DoS resistance buys nothing for keys that come
+    // from the configuration.
+    services:
+        parking_lot::Mutex<HashMap<Box<str>, Arc<ServiceSeries>, foldhash::fast::RandomState>>,
 }
 
-/// The cached handles of one service, per outcome (a handful each).
-#[derive(Debug, Default)]
+/// The cached handles of one service, per outcome, made when first needed.
+#[derive(Debug)]
 struct ServiceSeries {
-    calls: Vec<(Outcome, metrics::Counter, metrics::Histogram)>,
-    attempts: Vec<(Outcome, metrics::Counter)>,
+    service: Box<str>,
+    calls: [OnceLock<(metrics::Counter, metrics::Histogram)>; OUTCOMES],
+    attempts: [OnceLock<metrics::Counter>; OUTCOMES],
+}
+
+/// The number of [`Outcome`]s, which index the arrays above.
+const OUTCOMES: usize = Outcome::Ignored as usize + 1;
+
+impl ServiceSeries {
+    fn new(service: &str) -> Self {
+        Self {
+            service: service.into(),
+            calls: Default::default(),
+            attempts: Default::default(),
+        }
+    }
+}
+
+impl Observer for ServiceSeries {
+    fn on_event(&self, event: &Event<'_>) {
+        let service = &*self.service;
+        match *event {
+            Event::Call {
+                outcome, latency, ..
+            } => {
+                let (calls, duration) = self.calls[outcome as usize].get_or_init(|| {
+                    let labels = [
+                        ("service", service.to_owned()),
+                        ("outcome", outcome.as_str().to_owned()),
+                    ];
+                    (
+                        metrics::counter!("switchyard_policy_calls_total", &labels),
+                        metrics::histogram!("switchyard_policy_call_duration_seconds", &labels),
+                    )
+                });
+                calls.increment(1);
+                duration.record(latency.as_secs_f64());
+            }
+            Event::Attempt { outcome, .. } => {
+                self.attempts[outcome as usize]
+                    .get_or_init(|| {
+                        metrics::counter!("switchyard_policy_attempts_total", "service" => service.to_owned(), "outcome" => outcome.as_str())
+                    })
+                    .increment(1);
+            }
+            _ => MetricsObserver.on_event(event),
+        }
+    }
 }
 
 impl CachedMetricsObserver {
@@ -261,58 +327,29 @@ impl CachedMetricsObserver {
         Self::default()
     }
 
-    fn with_service<R>(&self, service: &str, f: impl FnOnce(&mut ServiceSeries) -> R) -> R {
+    fn series(&self, service: &str) -> Arc<ServiceSeries> {
         let mut services = self.services.lock();
-        if let Some(series) = services.get_mut(service) {
-            return f(series);
+        if let Some(series) = services.get(service) {
+            return series.clone();
         }
-        f(services.entry(service.into()).or_default())
+        let series = Arc::new(ServiceSeries::new(service));
+        services.insert(service.into(), series.clone());
+        series
     }
 }
 
 impl Observer for CachedMetricsObserver {
     fn on_event(&self, event: &Event<'_>) {
         match *event {
-            Event::Call {
-                service,
-                outcome,
-                latency,
-            } => self.with_service(service, |series| {
-                let (_, calls, duration) = match series.calls.iter().position(|c| c.0 == outcome) {
-                    Some(i) => &series.calls[i],
-                    None => {
-                        let labels = [
-                            ("service", service.to_owned()),
-                            ("outcome", outcome.as_str().to_owned()),
-                        ];
-                        series.calls.push((
-                            outcome,
-                            metrics::counter!("switchyard_policy_calls_total", &labels),
-                            metrics::histogram!("switchyard_policy_call_duration_seconds", &labels),
-                        ));
-                        &series.calls[series.calls.len() - 1]
-                    }
-                };
-                calls.increment(1);
-                duration.record(latency.as_secs_f64());
-            }),
-            Event::Attempt {
-                service, outcome, ..
-            } => self.with_service(service, |series| {
-                let (_, attempts) = match series.attempts.iter().position(|a| a.0 == outcome) {
-                    Some(i) => &series.attempts[i],
-                    None => {
-                        series.attempts.push((
-                            outcome,
-                            metrics::counter!("switchyard_policy_attempts_total", "service" => service.to_owned(), "outcome" => outcome.as_str()),
-                        ));
-                        &series.attempts[series.attempts.len() - 1]
-                    }
-                };
-                attempts.increment(1);
-            }),
+            Event::Call { service, .. } | Event::Attempt { service, .. } => {
+                self.series(service).on_event(event);
+            }
             _ => MetricsObserver.on_event(event),
         }
+    }
+
+    fn for_service(&self, service: &str) -> Option<Arc<dyn Observer>> {
+        Some(self.series(service))
     }
 }
 
@@ -330,6 +367,15 @@ impl Observer for Fanout {
         for observer in &self.0 {
             observer.on_event(event);
         }
+    }
+
+    fn for_service(&self, service: &str) -> Option<Arc<dyn Observer>> {
+        let bound = self.0.iter().map(|observer| {
+            observer
+                .for_service(service)
+                .unwrap_or_else(|| observer.clone())
+        });
+        Some(Arc::new(Fanout(bound.collect())))
     }
 }
 
@@ -539,5 +585,51 @@ mod tests {
                 .as_deref(),
             Some("2")
         );
+    }
+
+    #[test]
+    fn events_bind_the_cached_observer_and_a_fanout_to_their_service() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let seen = Recorder::new();
+        let cached = Arc::new(CachedMetricsObserver::new());
+        let fanout: Arc<dyn Observer> = Arc::new(Fanout(vec![cached.clone(), seen.clone()]));
+        let call = |outcome| Event::Call {
+            service: "ignored-name",
+            outcome,
+            latency: Duration::from_millis(2),
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let events = Events::new("orders", fanout);
+            events.emit(|_| call(Outcome::Failure));
+            events.emit(|_| call(Outcome::Failure));
+            // The bound observer is the service's, as the map hands out.
+            cached.on_event(&Event::Call {
+                service: "orders",
+                outcome: Outcome::Success,
+                latency: Duration::from_millis(1),
+            });
+        });
+        let text = handle.render();
+        let value = |series: &str| {
+            text.lines()
+                .find(|l| l.starts_with(series))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            value(r#"switchyard_policy_calls_total{service="orders",outcome="failure"}"#)
+                .as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            value(r#"switchyard_policy_calls_total{service="orders",outcome="success"}"#)
+                .as_deref(),
+            Some("1")
+        );
+        // The series is the service's own, whatever name an event carries.
+        assert!(!text.contains("ignored-name"), "{text}");
+        // The other observer of the fan-out saw both events.
+        assert_eq!(seen.take().len(), 2);
     }
 }
