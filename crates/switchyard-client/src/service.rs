@@ -11,13 +11,13 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use http::{StatusCode, Uri, uri::Scheme};
+use http::{HeaderName, HeaderValue, StatusCode, uri::Scheme};
 use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use switchyard_discovery::{Endpoint, Endpoints};
-use switchyard_policy::BoxError;
-use switchyard_transport::{Body, Transport, TransportConfig, TransportError};
+use switchyard_policy::{BoxError, PolicyRequest, ReplayBody};
+use switchyard_transport::{Attempt, Body, Transport, TransportConfig, TransportError};
 use tokio::{
     sync::watch,
     task::{AbortHandle, JoinSet},
@@ -165,12 +165,33 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: http::Request<Body>) -> ResponseFuture {
+    fn call(&mut self, req: http::Request<Body>) -> ResponseFuture {
+        self.send(SharedRequest::new(req))
+    }
+}
+
+impl tower_service::Service<SharedRequest> for ServiceClient {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: SharedRequest) -> ResponseFuture {
+        self.send(req)
+    }
+}
+
+impl ServiceClient {
+    /// Sends one attempt of `req` to the endpoint the balancer picks.
+    fn send(&self, req: SharedRequest) -> ResponseFuture {
         let now = switchyard_policy::clock::now();
-        // Retries and hedges of one call share this record (request copies
-        // share their extensions), so a retry goes to another endpoint when
-        // there is one: a dead instance can't take every attempt.
-        let picked = match req.extensions().get::<Attempted>() {
+        // Retries and hedges of one call share this record, so a retry goes
+        // to another endpoint when there is one: a dead instance can't take
+        // every attempt.
+        let picked = match &req.attempted {
             Some(attempted) => {
                 let mut tried = attempted.0.lock();
                 let picked = self.shared.pick(now, &tried);
@@ -190,21 +211,32 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
                 },
             };
         };
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(if self.shared.transport.is_tls() {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        });
-        parts.authority = Some(endpoint.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        // Scheme, authority and path are all set, which is all `from_parts` checks.
-        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
-
+        // The time left, in whole milliseconds rounded down, for the next hop.
+        let field = match (req.deadline_field, req.deadline) {
+            (Some(name), Some(at)) => {
+                let left = at.saturating_duration_since(now).as_millis();
+                let ms = u64::try_from(left).unwrap_or(u64::MAX);
+                // From the digits: `HeaderValue::from(u64)` makes two
+                // allocations where one does.
+                HeaderValue::from_bytes(itoa::Buffer::new().format(ms).as_bytes())
+                    .ok()
+                    .map(|value| (name, value))
+            }
+            _ => None,
+        };
+        let attempt = Attempt {
+            head: req.head,
+            scheme: if self.shared.transport.is_tls() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            authority: endpoint.authority.clone(),
+            field,
+            body: req.body,
+        };
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        let inner = self.shared.transport.send(req);
+        let inner = self.shared.transport.send_attempt(attempt);
         ResponseFuture {
             state: State::Sending {
                 inner,
@@ -215,6 +247,97 @@ impl tower_service::Service<http::Request<Body>> for ServiceClient {
                 }),
             },
         }
+    }
+}
+
+/// A request for [`ServiceClient`] whose head the attempts of one call share.
+///
+/// A retry or hedge needs a copy of the request; a copy of an
+/// `http::Request` is a copy of its whole header map and extensions (about
+/// a twentieth of what a proxied request costs, made for every call that
+/// may be retried, and dropped again when it wasn't). Here the head is
+/// behind an `Arc`: a copy is a reference count and the body's own cheap
+/// copy, and what changes per attempt (the endpoint, the time left) is
+/// written when the attempt is sent, not stored in the head.
+///
+/// ```
+/// use switchyard_client::SharedRequest;
+/// use switchyard_policy::PolicyRequest;
+/// use switchyard_transport::Body;
+///
+/// let req = SharedRequest::new(http::Request::get("/users/7").body(Body::empty()).unwrap())
+///     .tracking_attempts();
+/// let copy = req.try_clone().expect("an empty body can be sent again");
+/// assert_eq!(copy.head().uri.path(), "/users/7");
+/// ```
+#[derive(Debug)]
+pub struct SharedRequest {
+    head: Arc<http::request::Parts>,
+    body: Body,
+    deadline: Option<Instant>,
+    deadline_field: Option<HeaderName>,
+    attempted: Option<Attempted>,
+}
+
+impl SharedRequest {
+    /// Takes `req` apart; a deadline ([`PolicyRequest::deadline`]) and an
+    /// [`Attempted`] record in its extensions are kept.
+    pub fn new(req: http::Request<Body>) -> Self {
+        let deadline = req.deadline();
+        let attempted = req.extensions().get::<Attempted>().cloned();
+        let (head, body) = req.into_parts();
+        Self {
+            head: Arc::new(head),
+            body,
+            deadline,
+            deadline_field: None,
+            attempted,
+        }
+    }
+
+    /// Each attempt carries the time left until the deadline in the field
+    /// `name` (whole milliseconds, rounded down), in place of any the head
+    /// has; without a deadline the head goes as it is.
+    pub fn with_deadline_field(mut self, name: HeaderName) -> Self {
+        self.deadline_field = Some(name);
+        self
+    }
+
+    /// Records the endpoints this call's attempts go to, so that a retry or
+    /// hedge goes to one not tried yet when there is one.
+    pub fn tracking_attempts(mut self) -> Self {
+        self.attempted.get_or_insert_with(Attempted::default);
+        self
+    }
+
+    /// The request's head, as every attempt sends it.
+    pub fn head(&self) -> &http::request::Parts {
+        &self.head
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+}
+
+impl PolicyRequest for SharedRequest {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+
+    fn try_clone(&self) -> Option<Self> {
+        Some(Self {
+            head: self.head.clone(),
+            body: self.body.try_clone_body()?,
+            deadline: self.deadline,
+            deadline_field: self.deadline_field.clone(),
+            attempted: self.attempted.clone(),
+        })
     }
 }
 

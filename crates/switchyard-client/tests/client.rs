@@ -491,6 +491,37 @@ async fn dropping_the_client_stops_its_health_checks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_shared_request_go_to_endpoints_not_tried_yet() {
+    use switchyard_policy::PolicyRequest;
+    let b = [
+        Backend::start().await,
+        Backend::start().await,
+        Backend::start().await,
+    ];
+    let (client, _tx) = client(&[&b[0], &b[1], &b[2]], quiet_outlier(), None);
+    // The attempts of one call: copies of one request, sharing its head and
+    // its record of the endpoints tried.
+    let req =
+        switchyard_client::SharedRequest::new(http::Request::get("/").body(Body::empty()).unwrap())
+            .tracking_attempts();
+    for _ in 0..3 {
+        let copy = req.try_clone().expect("an empty body can be sent again");
+        let res = client.clone().call(copy).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    for backend in &b {
+        assert_eq!(backend.hits(), 1, "every endpoint got exactly one attempt");
+    }
+    // A body that can't be sent twice makes a request that can't be copied.
+    let once = switchyard_client::SharedRequest::new(
+        http::Request::post("/")
+            .body(Body::full("x").sent_once())
+            .unwrap(),
+    );
+    assert!(once.try_clone().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_of_one_call_go_to_endpoints_not_tried_yet() {
     let b = [
         Backend::start().await,

@@ -86,7 +86,7 @@ use arc_swap::ArcSwap;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
-use switchyard_client::Attempted;
+use switchyard_client::SharedRequest;
 use switchyard_policy::{Error, PolicyRequest, ReplayBody, is_caused_by};
 use switchyard_transport::{
     Body, BodyTooLarge,
@@ -123,10 +123,14 @@ pub const MAX_PROPAGATED_DEADLINE_MS: u64 = 24 * 60 * 60 * 1000;
 /// Longest incoming request id kept.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The policy stack the gateway builds around a service's client.
-pub type PolicyStack = switchyard_policy::PolicyService<
-    DeadlineHeader<switchyard_client::ServiceClient>,
-    switchyard_policy::HttpClassifier,
+/// The policy stack the gateway builds around a service's client: it takes
+/// `http::Request`s, and inside, its attempts share one head
+/// ([`SharedRequest`]).
+pub type PolicyStack = SharedHead<
+    switchyard_policy::PolicyService<
+        switchyard_client::ServiceClient,
+        switchyard_policy::HttpClassifier,
+    >,
 >;
 
 /// The upstream service type: the configured policy stack, held by its
@@ -785,10 +789,6 @@ impl Inner {
         if let Some(deadline) = deadline {
             out.set_deadline(deadline);
         }
-        if replay {
-            // Shared by every attempt's copy: retries go to endpoints not tried yet.
-            out.extensions_mut().insert(Attempted::default());
-        }
         Ok((out, replay))
     }
 
@@ -1087,6 +1087,51 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
+// === impl SharedHead ===
+
+/// Hands the stack inside each request as a [`SharedRequest`]: its head
+/// shared by the call's attempts, each attempt sending the time left in
+/// [`DEADLINE_HEADER`] and, when the service retries or hedges and the
+/// body can be sent again, going to an endpoint not tried yet.
+///
+/// Backpressure: `poll_ready` is the inner service's.
+#[derive(Debug, Clone)]
+pub struct SharedHead<S> {
+    inner: S,
+    track_attempts: bool,
+}
+
+impl<S> SharedHead<S> {
+    /// Wraps `inner`; `track_attempts` when its policies retry or hedge.
+    pub fn new(inner: S, track_attempts: bool) -> Self {
+        Self {
+            inner,
+            track_attempts,
+        }
+    }
+}
+
+impl<S: Service<SharedRequest>> Service<Request<Body>> for SharedHead<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> S::Future {
+        let replayable = req.body().is_replayable();
+        let req = SharedRequest::new(req).with_deadline_field(DEADLINE);
+        let req = if self.track_attempts && replayable {
+            req.tracking_attempts()
+        } else {
+            req
+        };
+        self.inner.call(req)
+    }
+}
+
 // === impl DeadlineHeader ===
 
 /// Writes the time left for the call into [`DEADLINE_HEADER`]; see
@@ -1107,6 +1152,9 @@ impl<S> Layer<S> for DeadlineHeaderLayer {
 /// before it goes to the transport, and removes the header when the
 /// request has no deadline. Place it between the policy stack and the
 /// service client, so it runs once per attempt with the time then left.
+/// For stacks over `http::Request` (tests, embedders); the gateway's own
+/// stack ([`PolicyStack`]) has the service client write the field as it
+/// sends each attempt ([`SharedHead`]).
 ///
 /// Backpressure: `poll_ready` is the inner service's.
 #[derive(Debug, Clone)]

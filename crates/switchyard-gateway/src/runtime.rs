@@ -23,7 +23,7 @@ use crate::{
     compose::ComposeRoute,
     config::{Config, ServiceConfig},
     limits::CallLimits,
-    proxy::{DeadlineHeaderLayer, Handler, RouteTable, Security, Target, Upstream},
+    proxy::{Handler, RouteTable, Security, SharedHead, Target, Upstream},
     routes::Router,
 };
 use switchyard_compose::ComposePlan;
@@ -328,11 +328,12 @@ fn same_but_endpoints(a: &ServiceConfig, b: &ServiceConfig) -> bool {
 }
 
 fn upstream(service: &str, entry: &ServiceEntry, policy: &HttpPolicy) -> Upstream {
-    let svc = policy.layer(DeadlineHeaderLayer.layer(entry.client.clone()));
+    let retries_enabled = policy.config().retry.max_attempts > 1 || policy.config().hedge.is_some();
+    let svc = SharedHead::new(policy.layer(entry.client.clone()), retries_enabled);
     Upstream {
         service: service.to_owned(),
         retry_body_limit: entry.config.retry_body_limit,
-        retries_enabled: policy.config().retry.max_attempts > 1 || policy.config().hedge.is_some(),
+        retries_enabled,
         svc: tower::util::Either::Left(svc),
     }
 }

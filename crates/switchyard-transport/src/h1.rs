@@ -37,7 +37,8 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header, uri::Authority,
+    HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header,
+    uri::{Authority, Scheme},
 };
 use http_body::{Frame, SizeHint};
 use parking_lot::Mutex;
@@ -143,19 +144,21 @@ impl Pool {
     /// response head (and the body too, when it has already arrived).
     pub(crate) fn send(
         &self,
-        parts: http::request::Parts,
+        head: Arc<http::request::Parts>,
+        scheme: Scheme,
+        authority: Authority,
+        field: Option<(HeaderName, HeaderValue)>,
         data: Bytes,
     ) -> impl Future<Output = Result<http::Response<Body>, TransportError>> + Send + 'static {
         let pool = self.inner.clone();
         async move {
-            let key = Key(parts.uri.authority().cloned().ok_or_else(|| {
-                TransportError::new(
-                    TransportErrorKind::Request,
-                    "the request URI has no authority (host:port)",
-                )
-            })?);
-            let wire = encode_request(&parts, &key.0, &data);
-            let head_only = parts.method == Method::HEAD;
+            let wire = encode_request(&head, &authority, field.as_ref(), &data);
+            // The head is not needed past this point: let a retry's copy
+            // be the last holder rather than keep it for the whole call.
+            let method = head.method.clone();
+            drop(head);
+            let key = Key(authority);
+            let head_only = method == Method::HEAD;
             let mut fresh_only = false;
             loop {
                 let (mut conn, reused) = match (!fresh_only).then(|| pool.checkout(&key)).flatten()
@@ -163,10 +166,7 @@ impl Pool {
                     Some(conn) => (conn, true),
                     // Boxed: connecting is the rare case, and its state
                     // would more than double every request's future.
-                    None => (
-                        Box::pin(pool.connect(&parts.uri, key.clone())).await?,
-                        false,
-                    ),
+                    None => (Box::pin(pool.connect(&scheme, key.clone())).await?, false),
                 };
                 match conn.round_trip(&wire, head_only).await {
                     Ok(head) => return Ok(pool.finish(conn, head)),
@@ -176,7 +176,7 @@ impl Pool {
                     Err(Failure {
                         nothing_received: true,
                         ..
-                    }) if reused && is_idempotent(&parts.method) => {
+                    }) if reused && is_idempotent(&method) => {
                         fresh_only = true;
                     }
                     Err(failure) => return Err(failure.error),
@@ -200,10 +200,16 @@ impl PoolInner {
         None
     }
 
-    async fn connect(&self, uri: &http::Uri, authority: Key) -> Result<Conn, TransportError> {
+    async fn connect(&self, scheme: &Scheme, authority: Key) -> Result<Conn, TransportError> {
+        let uri = http::Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.0.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| TransportError::new(TransportErrorKind::Request, e))?;
         let (io, open) = self
             .connector
-            .open(uri.clone())
+            .open(uri)
             .await
             .map_err(|e| TransportError::new(TransportErrorKind::Connect, e))?;
         Ok(Conn {
@@ -618,7 +624,12 @@ fn is_idempotent(method: &Method) -> bool {
 /// `Host` from the URI when the request has none, and framing from the body
 /// (any `Content-Length` or `Transfer-Encoding` the request carried is
 /// replaced).
-fn encode_request(parts: &http::request::Parts, authority: &Authority, body: &Bytes) -> Vec<u8> {
+fn encode_request(
+    parts: &http::request::Parts,
+    authority: &Authority,
+    field: Option<&(HeaderName, HeaderValue)>,
+    body: &Bytes,
+) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -629,12 +640,23 @@ fn encode_request(parts: &http::request::Parts, authority: &Authority, body: &By
     // One pass over the fields notes Host and Content-Length (two map
     // lookups less per request).
     let (mut has_host, mut had_length) = (false, false);
+    let added = field.map(|(name, _)| name);
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             had_length |= name == header::CONTENT_LENGTH;
             continue;
         }
+        if Some(name) == added {
+            // Replaced by this attempt's own value.
+            continue;
+        }
         has_host |= name == header::HOST;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((name, value)) = field {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -952,9 +974,35 @@ mod tests {
         String::from_utf8(encode_request(
             &parts,
             &authority,
+            None,
             &Bytes::from_static(body),
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn an_attempts_own_field_replaces_the_heads() {
+        let (parts, ()) = http::Request::get("/")
+            .header("host", "h")
+            .header("x-deadline-ms", "900")
+            .header("x-other", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let field = (
+            HeaderName::from_static("x-deadline-ms"),
+            HeaderValue::from_static("250"),
+        );
+        let wire = encode_request(
+            &parts,
+            &Authority::from_static("10.0.0.7:8080"),
+            Some(&field),
+            &Bytes::new(),
+        );
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "GET / HTTP/1.1\r\nhost: h\r\nx-other: 1\r\nx-deadline-ms: 250\r\n\r\n"
+        );
     }
 
     #[test]

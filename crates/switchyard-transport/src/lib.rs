@@ -66,4 +66,4 @@ pub use config::{
 };
 pub use error::{TransportError, TransportErrorKind};
 pub use tls::UpstreamTlsConfig;
-pub use transport::{OPEN_CONNECTIONS_GAUGE, ResponseFuture, Transport};
+pub use transport::{Attempt, OPEN_CONNECTIONS_GAUGE, ResponseFuture, Transport};

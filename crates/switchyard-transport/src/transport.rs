@@ -96,25 +96,69 @@ impl Transport {
 
     /// Sends `req` (which must carry an absolute `http://` URI) through the
     /// pool; the same as `Service::call` without needing `&mut self`.
-    pub fn send(&self, mut req: http::Request<Body>) -> ResponseFuture {
-        if let Some(h1) = &self.h1
-            && req.method() != http::Method::CONNECT
-        {
-            let (parts, body) = req.into_parts();
-            match body.into_sendable() {
+    pub fn send(&self, req: http::Request<Body>) -> ResponseFuture {
+        let (parts, body) = req.into_parts();
+        let origin = match (parts.uri.scheme(), parts.uri.authority()) {
+            (Some(scheme), Some(authority)) => (scheme.clone(), authority.clone()),
+            // Hyper's client refuses it with the usual error.
+            _ => {
+                return ResponseFuture {
+                    inner: Inner::Hyper {
+                        fut: self.client.request(http::Request::from_parts(parts, body)),
+                    },
+                };
+            }
+        };
+        self.send_attempt(Attempt {
+            head: Arc::new(parts),
+            scheme: origin.0,
+            authority: origin.1,
+            field: None,
+            body,
+        })
+    }
+
+    /// Sends one attempt of a request whose head its attempts share: the
+    /// head is encoded as it is, to `authority`, with the attempt's own
+    /// `field` added (a retry or hedge sends the same head again, never a
+    /// copy of it). The head's URI needs only its path.
+    pub fn send_attempt(&self, attempt: Attempt) -> ResponseFuture {
+        let Attempt {
+            head,
+            scheme,
+            authority,
+            field,
+            body,
+        } = attempt;
+        let body = match &self.h1 {
+            Some(h1) if head.method != http::Method::CONNECT => match body.into_sendable() {
                 Ok(data) => {
                     return ResponseFuture {
                         inner: Inner::Own {
-                            fut: Box::pin(h1.send(parts, data)),
+                            fut: Box::pin(h1.send(head, scheme, authority, field, data)),
                         },
                     };
                 }
-                Err(body) => req = http::Request::from_parts(parts, body),
-            }
+                Err(body) => body,
+            },
+            _ => body,
+        };
+        // HTTP/2 and streamed bodies go through hyper, which takes the head
+        // itself: a copy only when another attempt still shares it.
+        let mut parts = Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone());
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(scheme);
+        uri.authority = Some(authority);
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = http::Uri::from_parts(uri).unwrap_or_else(|_| http::Uri::from_static("/"));
+        if let Some((name, value)) = field {
+            parts.headers.insert(name, value);
         }
         ResponseFuture {
             inner: Inner::Hyper {
-                fut: self.client.request(req),
+                fut: self.client.request(http::Request::from_parts(parts, body)),
             },
         }
     }
@@ -137,6 +181,23 @@ impl tower_service::Service<http::Request<Body>> for Transport {
     fn call(&mut self, req: http::Request<Body>) -> ResponseFuture {
         self.send(req)
     }
+}
+
+/// One attempt of a request, for [`Transport::send_attempt`].
+#[derive(Debug)]
+pub struct Attempt {
+    /// The request's head, shared by its attempts; only the URI's path
+    /// and query are used.
+    pub head: Arc<http::request::Parts>,
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// The endpoint this attempt goes to (`host:port`).
+    pub authority: http::uri::Authority,
+    /// A field this attempt adds (or replaces), such as the time left for
+    /// the call.
+    pub field: Option<(http::HeaderName, http::HeaderValue)>,
+    /// The body.
+    pub body: Body,
 }
 
 pin_project! {

@@ -9,7 +9,7 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use support::{Backend, Mode, Switchyard, client, config, get, send};
+use support::{Backend, Mode, Seen, Switchyard, client, config, get, send, send_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_and_reports_metrics_health_and_state() {
@@ -20,6 +20,27 @@ async fn proxies_and_reports_metrics_health_and_state() {
     let (status, headers, body) = get(&http, &gw.url("/hello")).await;
     assert_eq!((status, body.as_str()), (200, "one"));
     assert!(headers.contains_key("x-request-id"));
+    // Each attempt tells the next hop the time left of the 10s default
+    // deadline, and a shorter deadline from the client wins.
+    let deadline_ms = |seen: Seen| -> u64 {
+        seen.headers["x-switchyard-deadline-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let left = deadline_ms(backend.last());
+    assert!((1_501..=10_000).contains(&left), "{left}");
+    let (status, _, _) = send_with(
+        &http,
+        "GET",
+        &gw.url("/hello"),
+        &[("x-switchyard-deadline-ms", "1500")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let left = deadline_ms(backend.last());
+    assert!((1..=1500).contains(&left), "{left}");
 
     assert_eq!(get(&http, &gw.admin_url("/healthz")).await.0, 200);
     assert_eq!(get(&http, &gw.admin_url("/readyz")).await.0, 200);
