@@ -123,6 +123,7 @@ pub async fn serve<H>(
 ) -> io::Result<()>
 where
     H: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + ForConnection
         + Clone
         + Send
         + Sync
@@ -285,6 +286,7 @@ struct Conn<H> {
 impl<H> Conn<H>
 where
     H: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + ForConnection
         + Clone
         + Send
         + 'static,
@@ -332,11 +334,7 @@ where
             handler,
             peer,
         } = self;
-        let h1 = WithConnection {
-            handler: handler.clone(),
-            peer,
-            identity: identity.clone(),
-        };
+        let h1 = WithConnection::new(&handler, peer, identity.clone());
         let drain = async {
             if drain_rx.wait_for(|draining| *draining).await.is_err() {
                 std::future::pending::<()>().await;
@@ -390,6 +388,7 @@ async fn serve_h2<H, I>(
     drain_rx: &mut watch::Receiver<bool>,
 ) where
     H: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + ForConnection
         + Clone
         + Send
         + 'static,
@@ -398,11 +397,7 @@ async fn serve_h2<H, I>(
 {
     let activity = Arc::new(Activity::new());
     let svc = ConnService {
-        handler: WithConnection {
-            handler,
-            peer,
-            identity,
-        },
+        handler: WithConnection::new(&handler, peer, identity),
         activity: activity.clone(),
     };
     let io = Rewind {
@@ -450,9 +445,38 @@ fn refuse(refusal: Refusal) -> Response<Body> {
 #[derive(Clone)]
 struct WithConnection<H> {
     handler: H,
-    peer: SocketAddr,
-    identity: Option<PeerIdentity>,
+    /// What each request is tagged with, unless the handler was told once
+    /// for the connection ([`ForConnection`]).
+    tag: Option<(ClientAddr, Option<PeerIdentity>)>,
 }
+
+impl<H: Clone + ForConnection> WithConnection<H> {
+    fn new(handler: &H, peer: SocketAddr, identity: Option<PeerIdentity>) -> Self {
+        match handler.for_connection(peer, identity.as_ref()) {
+            Some(handler) => Self { handler, tag: None },
+            None => Self {
+                handler: handler.clone(),
+                tag: Some((ClientAddr(peer), identity)),
+            },
+        }
+    }
+}
+
+/// A handler that can be told once per connection where the connection
+/// comes from, so that its requests need not carry it.
+pub trait ForConnection: Sized {
+    /// The handler for one connection's requests, knowing the client's
+    /// address and TLS identity. `None` (the default): each request carries
+    /// them instead, as [`ClientAddr`] and [`PeerIdentity`] extensions,
+    /// which costs a few allocations per request.
+    fn for_connection(&self, peer: SocketAddr, identity: Option<&PeerIdentity>) -> Option<Self> {
+        let _ = (peer, identity);
+        None
+    }
+}
+
+/// A closure handler reads the connection from its requests' extensions.
+impl<F> ForConnection for tower::util::ServiceFn<F> {}
 
 impl<H: Service<Request<Body>>> Service<Request<Body>> for WithConnection<H> {
     type Response = H::Response;
@@ -464,9 +488,11 @@ impl<H: Service<Request<Body>>> Service<Request<Body>> for WithConnection<H> {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        req.extensions_mut().insert(ClientAddr(self.peer));
-        if let Some(identity) = &self.identity {
-            req.extensions_mut().insert(identity.clone());
+        if let Some((peer, identity)) = &self.tag {
+            req.extensions_mut().insert(*peer);
+            if let Some(identity) = identity {
+                req.extensions_mut().insert(identity.clone());
+            }
         }
         self.handler.call(req)
     }
