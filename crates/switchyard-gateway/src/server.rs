@@ -446,8 +446,9 @@ fn refuse(refusal: Refusal) -> Response<Body> {
 struct WithConnection<H> {
     handler: H,
     /// What each request is tagged with, unless the handler was told once
-    /// for the connection ([`ForConnection`]).
-    tag: Option<(ClientAddr, Option<PeerIdentity>)>,
+    /// for the connection ([`ForConnection`]). Boxed: every idle
+    /// connection holds one of these.
+    tag: Option<Box<(ClientAddr, Option<PeerIdentity>)>>,
 }
 
 impl<H: Clone + ForConnection> WithConnection<H> {
@@ -456,7 +457,7 @@ impl<H: Clone + ForConnection> WithConnection<H> {
             Some(handler) => Self { handler, tag: None },
             None => Self {
                 handler: handler.clone(),
-                tag: Some((ClientAddr(peer), identity)),
+                tag: Some(Box::new((ClientAddr(peer), identity))),
             },
         }
     }
@@ -488,7 +489,8 @@ impl<H: Service<Request<Body>>> Service<Request<Body>> for WithConnection<H> {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        if let Some((peer, identity)) = &self.tag {
+        if let Some(tag) = &self.tag {
+            let (peer, identity) = &**tag;
             req.extensions_mut().insert(*peer);
             if let Some(identity) = identity {
                 req.extensions_mut().insert(identity.clone());
