@@ -138,7 +138,9 @@ pub use config::{
 };
 pub use endpoint::{EndpointSnapshot, ServiceSnapshot};
 pub use error::{EndpointError, NoHealthyEndpoint};
-pub use service::{Attempted, ResponseFuture, ServiceClient, SharedRequest, is_connect_error};
+pub use service::{
+    Attempted, ResponseFuture, ServiceClient, SharedRequest, is_connect_error, time_left_value,
+};
 pub use switchyard_discovery::Endpoints;
 
 /// Names of the metrics this crate records.

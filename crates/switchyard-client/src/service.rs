@@ -211,17 +211,9 @@ impl ServiceClient {
                 },
             };
         };
-        // The time left, in whole milliseconds rounded down, for the next hop.
-        let field = match (req.deadline_field, req.deadline) {
-            (Some(name), Some(at)) => {
-                let left = at.saturating_duration_since(now).as_millis();
-                let ms = u64::try_from(left).unwrap_or(u64::MAX);
-                // From the digits: `HeaderValue::from(u64)` makes two
-                // allocations where one does.
-                HeaderValue::from_bytes(itoa::Buffer::new().format(ms).as_bytes())
-                    .ok()
-                    .map(|value| (name, value))
-            }
+        let left = req.remaining();
+        let field = match (req.deadline_field, left) {
+            (Some(name), Some(left)) => Some((name, time_left_value(left))),
             _ => None,
         };
         let attempt = Attempt {
@@ -248,6 +240,16 @@ impl ServiceClient {
             },
         }
     }
+}
+
+/// `left` as the value of a time-left field: whole milliseconds, rounded
+/// down (what [`SharedRequest::with_deadline_field`] sends).
+pub fn time_left_value(left: std::time::Duration) -> HeaderValue {
+    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    // From the digits: `HeaderValue::from(u64)` makes two allocations where
+    // one does.
+    HeaderValue::from_bytes(itoa::Buffer::new().format(ms).as_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// A request for [`ServiceClient`] whose head the attempts of one call share.
@@ -313,11 +315,6 @@ impl SharedRequest {
     /// The request's head, as every attempt sends it.
     pub fn head(&self) -> &http::request::Parts {
         &self.head
-    }
-
-    /// The body.
-    pub fn body(&self) -> &Body {
-        &self.body
     }
 }
 

@@ -87,7 +87,7 @@ use arc_swap::ArcSwap;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
-use switchyard_client::SharedRequest;
+use switchyard_client::{SharedRequest, time_left_value};
 use switchyard_policy::{Error, PolicyRequest, ReplayBody, is_caused_by};
 use switchyard_transport::{
     Body, BodyTooLarge,
@@ -1245,14 +1245,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         match req.remaining() {
             Some(left) => {
-                let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                // From the digits: `HeaderValue::from(u64)` makes two
-                // allocations where one does.
-                if let Ok(value) =
-                    HeaderValue::from_bytes(itoa::Buffer::new().format(ms).as_bytes())
-                {
-                    req.headers_mut().insert(DEADLINE, value);
-                }
+                req.headers_mut().insert(DEADLINE, time_left_value(left));
             }
             None => {
                 req.headers_mut().remove(DEADLINE);

@@ -144,12 +144,14 @@ where
         if let Some(at) = deadline {
             req.set_deadline(at);
         }
-        match deadline {
-            Some(at) if !self.timer && at > now => {
-                ResponseFuture::new(Some(self.inner.call(req)), None)
-            }
-            _ => start(&mut self.inner, req, deadline, now, Some(&self.events)),
-        }
+        start(
+            &mut self.inner,
+            req,
+            deadline,
+            now,
+            Some(&self.events),
+            self.timer,
+        )
     }
 }
 
@@ -212,7 +214,7 @@ where
         // The attempt bound never moves the request's deadline: only the
         // overall deadline travels to the next hop. Rejections here are
         // reported by the retry layer around it.
-        start(&mut self.inner, req, bound, now, None)
+        start(&mut self.inner, req, bound, now, None, true)
     }
 }
 
@@ -222,6 +224,7 @@ fn start<S, Req>(
     bound: Option<Instant>,
     now: Instant,
     events: Option<&Events>,
+    timer: bool,
 ) -> ResponseFuture<S::Future>
 where
     S: Service<Req>,
@@ -237,7 +240,10 @@ where
             }
             ResponseFuture::new(None, None)
         }
-        Some(at) => ResponseFuture::new(Some(inner.call(req)), Some(tokio::time::sleep_until(at))),
+        Some(at) => ResponseFuture::new(
+            Some(inner.call(req)),
+            timer.then(|| tokio::time::sleep_until(at)),
+        ),
         None => ResponseFuture::new(Some(inner.call(req)), None),
     }
 }

@@ -518,6 +518,14 @@ mod tests {
     /// The cached observer writes the same series as the plain one, keeps
     /// counting through handles made once, and keeps services and outcomes
     /// apart.
+    /// The value of `series` in Prometheus text, if it is there.
+    fn rendered_value(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    }
+
     #[test]
     fn cached_observer_counts_per_service_and_outcome() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -551,11 +559,7 @@ mod tests {
 
         let text = handle.render();
         tracing::info!(%text, "rendered");
-        let line = |prefix: &str| {
-            text.lines()
-                .find(|l| l.starts_with(prefix))
-                .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
-        };
+        let line = |series: &str| rendered_value(&text, series);
         assert_eq!(
             line(r#"switchyard_policy_calls_total{service="inventory",outcome="success"}"#)
                 .as_deref(),
@@ -611,12 +615,7 @@ mod tests {
             });
         });
         let text = handle.render();
-        let value = |series: &str| {
-            text.lines()
-                .find(|l| l.starts_with(series))
-                .and_then(|l| l.rsplit(' ').next())
-                .map(str::to_owned)
-        };
+        let value = |series: &str| rendered_value(&text, series);
         assert_eq!(
             value(r#"switchyard_policy_calls_total{service="orders",outcome="failure"}"#)
                 .as_deref(),

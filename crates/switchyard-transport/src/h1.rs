@@ -640,23 +640,18 @@ fn encode_request(
     // One pass over the fields notes Host and Content-Length (two map
     // lookups less per request).
     let (mut has_host, mut had_length) = (false, false);
+    // The head's fields, then this attempt's own (in place of the head's).
     let added = field.map(|(name, _)| name);
-    for (name, value) in &parts.headers {
+    let fields = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| Some(*name) != added);
+    for (name, value) in fields.chain(field.map(|(name, value)| (name, value))) {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             had_length |= name == header::CONTENT_LENGTH;
             continue;
         }
-        if Some(name) == added {
-            // Replaced by this attempt's own value.
-            continue;
-        }
         has_host |= name == header::HOST;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some((name, value)) = field {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -968,39 +963,40 @@ mod tests {
         assert!(header_name(b"").is_err());
     }
 
-    fn encoded(req: http::Request<()>, body: &'static [u8]) -> String {
+    fn encoded_with(
+        req: http::Request<()>,
+        field: Option<(HeaderName, HeaderValue)>,
+        body: &'static [u8],
+    ) -> String {
         let (parts, ()) = req.into_parts();
         let authority = Authority::from_static("10.0.0.7:8080");
         String::from_utf8(encode_request(
             &parts,
             &authority,
-            None,
+            field.as_ref(),
             &Bytes::from_static(body),
         ))
         .unwrap()
     }
 
+    fn encoded(req: http::Request<()>, body: &'static [u8]) -> String {
+        encoded_with(req, None, body)
+    }
+
     #[test]
     fn an_attempts_own_field_replaces_the_heads() {
-        let (parts, ()) = http::Request::get("/")
+        let req = http::Request::get("/")
             .header("host", "h")
             .header("x-deadline-ms", "900")
             .header("x-other", "1")
             .body(())
-            .unwrap()
-            .into_parts();
+            .unwrap();
         let field = (
             HeaderName::from_static("x-deadline-ms"),
             HeaderValue::from_static("250"),
         );
-        let wire = encode_request(
-            &parts,
-            &Authority::from_static("10.0.0.7:8080"),
-            Some(&field),
-            &Bytes::new(),
-        );
         assert_eq!(
-            String::from_utf8(wire).unwrap(),
+            encoded_with(req, Some(field), b""),
             "GET / HTTP/1.1\r\nhost: h\r\nx-other: 1\r\nx-deadline-ms: 250\r\n\r\n"
         );
     }
