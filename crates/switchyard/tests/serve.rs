@@ -325,7 +325,9 @@ async fn a_reload_under_load_loses_no_request_and_a_bad_config_is_refused() {
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let backend = Backend::start("b").await;
     backend.set(Mode::Delay(Duration::from_millis(700)));
-    let mut gw = Switchyard::start(&config(&[backend.addr], ""));
+    // One worker: the runtime that runs everything on one thread (what the
+    // benchmarks use) must drain too.
+    let mut gw = Switchyard::start_with_workers(&config(&[backend.addr], ""), 1);
     let http = client();
     let url = gw.url("/slow");
     let in_flight = tokio::spawn({
@@ -343,6 +345,18 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         tokio::net::TcpStream::connect(gw.listener).await.is_err(),
         "the listener must be closed"
     );
+}
+
+#[test]
+fn a_bad_worker_count_is_refused_with_what_to_do() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "-c", "/nonexistent/switchyard.toml"])
+        .env("TOKIO_WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TOKIO_WORKER_THREADS=0"), "{stderr}");
 }
 
 #[test]

@@ -205,10 +205,26 @@ impl Switchyard {
         Switchyard::start_file(config)
     }
 
+    /// As [`start`](Self::start), with `TOKIO_WORKER_THREADS=workers`.
+    pub fn start_with_workers(config_text: &str, workers: usize) -> Switchyard {
+        let dir = temp_dir("test");
+        let config = dir.join("switchyard.toml");
+        std::fs::write(&config, config_text).unwrap();
+        Switchyard::spawn(config, Some(workers))
+    }
+
     /// Runs `switchyard serve -c config` on a config file already written
     /// (e.g. to start a killed process again with the same file and data).
     pub fn start_file(config: PathBuf) -> Switchyard {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        Switchyard::spawn(config, None)
+    }
+
+    fn spawn(config: PathBuf, workers: Option<usize>) -> Switchyard {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        if let Some(workers) = workers {
+            command.env("TOKIO_WORKER_THREADS", workers.to_string());
+        }
+        let mut child = command
             .args(["serve", "-c"])
             .arg(&config)
             .env("RUST_LOG", "warn")
