@@ -65,7 +65,9 @@ if [ "$QUICK" = 1 ]; then
     LAT_ROUNDS=${LAT_ROUNDS:-1}; LAT_DURATION=${LAT_DURATION:-3}
     WARMUP=${WARMUP:-1}; IDLE_CONNS=${IDLE_CONNS:-2000}
 else
-    ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10}
+    # Five rounds of 6 s (30 s per target): the summary pairs each round's
+    # figures, and more, shorter pairs follow the machine's drift closer.
+    ROUNDS=${ROUNDS:-5}; DURATION=${DURATION:-6}
     # Three rounds: the median of two is their mean, and one bad round on
     # a shared machine then sets the figure.
     LAT_ROUNDS=${LAT_ROUNDS:-3}; LAT_DURATION=${LAT_DURATION:-10}

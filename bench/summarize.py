@@ -118,6 +118,9 @@ def main() -> int:
             if ticks.exists() and r.get("requests"):
                 cpu_us.append(int(ticks.read_text()) / int(meta["clk_tck"]) * 1e6 / r["requests"])
         tput[t] = {
+            "by_round": {
+                int(f.name.split(".")[-2]): r["rps"] for f, r in zip(files, runs) if r["rps"]
+            },
             "rounds": [r["rps"] for r in runs],
             "median": median([r["rps"] for r in runs]),
             "errors": sum(r["errors"] for r in runs),
@@ -145,6 +148,33 @@ def main() -> int:
             + f" | {ms(d['p99'])} | {d['errors']} / {d['non2xx']} |"
         )
     p("")
+
+    # Paired ratios: within a round the targets run back to back, so a
+    # slow spell of the shared machine touches both sides of a ratio; the
+    # ratio of the medians mixes rounds run minutes apart.
+    def paired(t, r):
+        a, b = tput[t]["by_round"], tput[r]["by_round"]
+        return sorted(a[k] / b[k] for k in a if k in b and b[k])
+
+    sys_targets = [t for t in targets if t.startswith("switchyard")]
+    if sys_targets and len(refs) > 0:
+        p(
+            "Paired ratios (requests/s of a Switchyard target over a reference's in the same "
+            "round; median and range over the rounds; less exposed to the machine's drift "
+            "than the ratio of medians):"
+        )
+        p("")
+        p("| target | " + " | ".join(f"vs {r}" for r in refs) + " |")
+        p("|" + " --- |" * (1 + len(refs)))
+        for t in sys_targets:
+            cells = []
+            for r in refs:
+                xs = paired(t, r)
+                cells.append(
+                    "n/a" if not xs else f"{statistics.median(xs):.2f} ({xs[0]:.2f}–{xs[-1]:.2f})"
+                )
+            p(f"| {t} | " + " | ".join(cells) + " |")
+        p("")
 
     # ------------------------------------------------------------ latency
     lat = {}
@@ -220,7 +250,17 @@ def main() -> int:
     for sy in [t for t in targets if t.startswith("switchyard")]:
         for r in ("haproxy", "nginx", "direct"):
             if r in targets:
-                p(f"- {sy}/{r} throughput: {ratio(tput[sy]['median'], tput[r]['median'])}")
+                xs = paired(sy, r)
+                pair = (
+                    f" (paired by round: median {statistics.median(xs):.2f}, "
+                    f"{xs[0]:.2f}–{xs[-1]:.2f} over {len(xs)} rounds)"
+                    if xs
+                    else ""
+                )
+                p(
+                    f"- {sy}/{r} throughput: "
+                    f"{ratio(tput[sy]['median'], tput[r]['median'])}{pair}"
+                )
         for r in ("haproxy", "nginx"):
             if r in targets:
                 p(f"- {sy}/{r} CPU per request: {ratio(tput[sy]['cpu_us'], tput[r]['cpu_us'])}")
