@@ -543,7 +543,7 @@ impl Inner {
         origin: &Origin,
         table: &'t RouteTable,
         outcome: &mut Outcome<'t>,
-    ) -> Result<Admitted<'t>, Problem> {
+    ) -> Result<Box<Admitted<'t>>, Problem> {
         check_framing(&req)?;
         if req.headers().len() > self.max_headers {
             return Err(Problem::header_too_large(self.max_headers));
@@ -640,7 +640,11 @@ impl Inner {
             )?,
             (None, _) => None,
         };
-        Ok(Admitted {
+        // Boxed: the request's future keeps what `admit` returns beside
+        // the answer's future, which keeps it too; two copies of half a
+        // kilobyte, moved whole each time the future is, cost more than
+        // one allocation.
+        Ok(Box::new(Admitted {
             parts,
             body,
             host,
@@ -651,7 +655,7 @@ impl Inner {
             retry_non_idempotent,
             identity,
             peer: origin.peer,
-        })
+        }))
     }
 
     /// The waiting part of a request: call limits, then the upstream call
@@ -663,7 +667,7 @@ impl Inner {
     #[allow(clippy::manual_async_fn)] // see `handle`
     fn answer<'a, 't: 'a>(
         &'a self,
-        mut admitted: Admitted<'t>,
+        mut admitted: Box<Admitted<'t>>,
         table: &'t RouteTable,
         request_id: &'a HeaderValue,
         outcome: &'a Outcome<'t>,
@@ -781,7 +785,7 @@ impl Inner {
     fn upstream_request(
         &self,
         upstream: &Upstream,
-        admitted: Admitted<'_>,
+        admitted: Box<Admitted<'_>>,
         request_id: &HeaderValue,
     ) -> Result<(Request<()>, Body, bool), Problem> {
         let Admitted {
@@ -792,7 +796,7 @@ impl Inner {
             retry_non_idempotent,
             peer,
             ..
-        } = admitted;
+        } = *admitted;
         let host = host.as_deref();
         // The usual case: the target goes upstream as it came (its path
         // already normal, no rewrite), so the received one is kept rather
