@@ -6,6 +6,11 @@
 #   bench/proxy.sh --quick         smoke run (about a minute)
 #   bench/proxy.sh --no-policies   also measure Switchyard with retry, breaker
 #                                  and outlier ejection off (an extra data point)
+#   bench/proxy.sh --same-headers  also measure HAProxy and nginx configured to
+#                                  do Switchyard's default header work
+#                                  (X-Forwarded-For/-Proto/-Host, a request id
+#                                  sent upstream and returned): haproxy-fwd,
+#                                  nginx-fwd
 #
 # What it does, all on 127.0.0.1 (loopback only, every loop bounded):
 #   backend   nginx, worker_processes 1, `return 200 "ok\n"` — every target
@@ -46,10 +51,12 @@ ROOT=$(dirname "$HERE")
 
 QUICK=0
 NO_POLICIES=0
+SAME_HEADERS=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --no-policies) NO_POLICIES=1 ;;
+        --same-headers) SAME_HEADERS=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "proxy.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
@@ -94,7 +101,7 @@ FDS=$(ulimit -n)
 
 TMP=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
 RES="$TMP/results"
-mkdir -p "$RES/tput" "$RES/lat" "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs"
+mkdir -p "$RES/tput" "$RES/lat" "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs" "$TMP/nginx-fwd/logs"
 PIDS=()
 cleanup() {
     local pid i
@@ -112,7 +119,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all picked at once so none repeats.
-read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN P_SYB P_SYB_ADMIN < <(free_ports 9)
+read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN P_SYB P_SYB_ADMIN P_HAPROXYF P_NGINXF < <(free_ports 11)
 
 MAXCONN=$((IDLE_CONNS + 500))
 
@@ -136,36 +143,49 @@ http {
 }
 EOF
 
-cat >"$TMP/nginx-proxy.conf" <<EOF
+nginx_proxy_config() { # name port extra_location_lines
+    cat <<EOF
 worker_processes $WORKERS;
 daemon off;
-pid $TMP/nginx-proxy.pid;
-error_log $TMP/nginx-proxy/logs/error.log warn;
+pid $TMP/$1.pid;
+error_log $TMP/$1/logs/error.log warn;
 worker_rlimit_nofile $FDS;
 events { worker_connections $MAXCONN; }
 http {
     access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
-    client_body_temp_path $TMP/nginx-proxy/body;
-    proxy_temp_path $TMP/nginx-proxy/proxy;
+    client_body_temp_path $TMP/$1/body;
+    proxy_temp_path $TMP/$1/proxy;
     upstream backend {
         server 127.0.0.1:$P_BACKEND;
         keepalive 64;
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$P_NGINX backlog=4096;
+        listen 127.0.0.1:$2 backlog=4096;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+$3
         }
     }
 }
 EOF
+}
+nginx_proxy_config nginx-proxy "$P_NGINX" "" >"$TMP/nginx-proxy.conf"
+# The same header work as Switchyard's defaults (the time-left field aside).
+nginx_proxy_config nginx-fwd "$P_NGINXF" '
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-ID $request_id;
+            add_header X-Request-ID $request_id always;' >"$TMP/nginx-fwd.conf"
 
-cat >"$TMP/haproxy.cfg" <<EOF
+haproxy_config() { # port extra_backend_lines
+    cat <<EOF
 global
     nbthread $WORKERS
     maxconn $MAXCONN
@@ -183,11 +203,20 @@ defaults
     timeout http-request 10s
     timeout http-keep-alive 120s
 frontend fe
-    bind 127.0.0.1:$P_HAPROXY
+    bind 127.0.0.1:$1
     default_backend be
 backend be
     server backend 127.0.0.1:$P_BACKEND
+$2
 EOF
+}
+haproxy_config "$P_HAPROXY" "" >"$TMP/haproxy.cfg"
+haproxy_config "$P_HAPROXYF" '    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    http-request set-header X-Request-ID %[unique-id]
+    http-response set-header X-Request-ID %[unique-id]' >"$TMP/haproxy-fwd.cfg"
 
 # Switchyard: defaults everywhere except where it listens and how many
 # client connections it accepts (raised so IDLE_CONNS fit).
@@ -247,6 +276,15 @@ PIDS+=($!); PID[switchyard]=$!; PORT[switchyard]=$P_SY
 
 TARGETS=(direct haproxy nginx switchyard)
 PROXIES=(haproxy nginx switchyard)
+if [ "$SAME_HEADERS" = 1 ]; then
+    log "starting haproxy and nginx with Switchyard's header work on :$P_HAPROXYF and :$P_NGINXF"
+    haproxy -db -f "$TMP/haproxy-fwd.cfg" &
+    PIDS+=($!); PID[haproxy-fwd]=$!; PORT[haproxy-fwd]=$P_HAPROXYF
+    nginx -p "$TMP/nginx-fwd" -c "$TMP/nginx-fwd.conf" -e stderr &
+    PIDS+=($!); PID[nginx-fwd]=$!; PORT[nginx-fwd]=$P_NGINXF
+    TARGETS+=(haproxy-fwd nginx-fwd)
+    PROXIES+=(haproxy-fwd nginx-fwd)
+fi
 if [ "$NO_POLICIES" = 1 ]; then
     log "starting switchyard without retry/breaker/outlier on :$P_SYN"
     TOKIO_WORKER_THREADS=$WORKERS "$SY" serve -c "$TMP/switchyard-nopol.toml" 2>"$TMP/switchyard-nopol.log" &

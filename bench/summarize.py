@@ -85,7 +85,7 @@ def main() -> int:
     )
     targets = meta["targets"].split()
     proxies = [t for t in targets if t != "direct"]
-    refs = [t for t in ("direct", "haproxy", "nginx") if t in targets]
+    refs = [t for t in ("direct", "haproxy", "nginx", "haproxy-fwd", "nginx-fwd") if t in targets]
     out = []
     p = out.append
 
@@ -248,7 +248,7 @@ def main() -> int:
     p("**Headline ratios**")
     p("")
     for sy in [t for t in targets if t.startswith("switchyard")]:
-        for r in ("haproxy", "nginx", "direct"):
+        for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd", "direct"):
             if r in targets:
                 xs = paired(sy, r)
                 pair = (
@@ -261,10 +261,10 @@ def main() -> int:
                     f"- {sy}/{r} throughput: "
                     f"{ratio(tput[sy]['median'], tput[r]['median'])}{pair}"
                 )
-        for r in ("haproxy", "nginx"):
+        for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd"):
             if r in targets:
                 p(f"- {sy}/{r} CPU per request: {ratio(tput[sy]['cpu_us'], tput[r]['cpu_us'])}")
-        for r in ("haproxy", "nginx"):
+        for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd"):
             if r in targets and "p99" in lat[sy]:
                 p(f"- {sy}/{r} p99 at the fixed rate: {ratio(lat[sy]['p99'], lat[r]['p99'])}")
         if sy in mem and "haproxy" in mem and "nginx" in mem:
