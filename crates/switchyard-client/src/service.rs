@@ -17,7 +17,7 @@ use pin_project_lite::pin_project;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use switchyard_discovery::{Endpoint, Endpoints};
 use switchyard_policy::{BoxError, PolicyRequest, ReplayBody};
-use switchyard_transport::{Attempt, Body, Transport, TransportConfig, TransportError};
+use switchyard_transport::{Attempt, Body, Head, Transport, TransportConfig, TransportError};
 use tokio::{
     sync::watch,
     task::{AbortHandle, JoinSet},
@@ -274,7 +274,7 @@ pub fn time_left_value(left: std::time::Duration) -> HeaderValue {
 /// ```
 #[derive(Debug)]
 pub struct SharedRequest {
-    head: Arc<http::request::Parts>,
+    head: Arc<Head>,
     body: Body,
     deadline: Option<Instant>,
     deadline_field: Option<HeaderName>,
@@ -287,13 +287,25 @@ impl SharedRequest {
     pub fn new(req: http::Request<Body>) -> Self {
         let deadline = req.deadline();
         let attempted = req.extensions().get::<Attempted>().cloned();
-        let (head, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         Self {
-            head: Arc::new(head),
+            head: Arc::new(Head::from(parts)),
             body,
             deadline,
             deadline_field: None,
             attempted,
+        }
+    }
+
+    /// A request from a head built for it (with fields added after its
+    /// own, see [`Head`]) and its body; no deadline, no attempts recorded.
+    pub fn from_head(head: Arc<Head>, body: Body) -> Self {
+        Self {
+            head,
+            body,
+            deadline: None,
+            deadline_field: None,
+            attempted: None,
         }
     }
 
@@ -312,9 +324,15 @@ impl SharedRequest {
         self
     }
 
-    /// The request's head, as every attempt sends it.
+    /// The request's head, as every attempt sends it (its added fields
+    /// apart: [`added`](Self::added)).
     pub fn head(&self) -> &http::request::Parts {
-        &self.head
+        &self.head.parts
+    }
+
+    /// The fields every attempt sends after the head's own.
+    pub fn added(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.head.added
     }
 }
 

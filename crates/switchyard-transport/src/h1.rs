@@ -46,7 +46,7 @@ use switchyard_policy::BoxError;
 use tokio::{io::AsyncWriteExt, time::Instant};
 
 use crate::{
-    Body, TransportError, TransportErrorKind,
+    Body, Head, TransportError, TransportErrorKind,
     connect::{CountingConnector, OpenGuard, Stream},
 };
 
@@ -144,7 +144,7 @@ impl Pool {
     /// response head (and the body too, when it has already arrived).
     pub(crate) fn send(
         &self,
-        head: Arc<http::request::Parts>,
+        head: Arc<Head>,
         scheme: Scheme,
         authority: Authority,
         field: Option<(HeaderName, HeaderValue)>,
@@ -155,7 +155,7 @@ impl Pool {
             let wire = encode_request(&head, &authority, field.as_ref(), &data);
             // The head is not needed past this point: let a retry's copy
             // be the last holder rather than keep it for the whole call.
-            let method = head.method.clone();
+            let method = head.parts.method.clone();
             drop(head);
             let key = Key(authority);
             let head_only = method == Method::HEAD;
@@ -223,8 +223,8 @@ impl PoolInner {
     /// Turns a parsed head into the response, taking the body out of the
     /// connection's buffer when it is all there (the connection then goes
     /// back to the pool at once) or streaming it from the connection.
-    fn finish(self: &Arc<Self>, mut conn: Conn, head: Head) -> http::Response<Body> {
-        let Head {
+    fn finish(self: &Arc<Self>, mut conn: Conn, head: ResponseHead) -> http::Response<Body> {
+        let ResponseHead {
             mut response,
             framing,
             keep_alive,
@@ -339,7 +339,7 @@ impl Conn {
     }
 
     /// Writes the request and reads up to the end of the final response head.
-    async fn round_trip(&mut self, wire: &[u8], head_only: bool) -> Result<Head, Failure> {
+    async fn round_trip(&mut self, wire: &[u8], head_only: bool) -> Result<ResponseHead, Failure> {
         if let Err(e) = self.io.write_all(wire).await {
             return Err(Failure::closed(e, true));
         }
@@ -413,7 +413,7 @@ impl Failure {
     }
 }
 
-struct Head {
+struct ResponseHead {
     response: http::Response<Body>,
     framing: Framing,
     keep_alive: bool,
@@ -423,7 +423,7 @@ struct Head {
 // allocation per response for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    Final(Head),
+    Final(ResponseHead),
     Informational,
 }
 
@@ -537,7 +537,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
-    Ok(Some(Parsed::Final(Head {
+    Ok(Some(Parsed::Final(ResponseHead {
         response,
         keep_alive: keep_alive && !matches!(body, Framing::Close),
         framing: body,
@@ -625,11 +625,12 @@ fn is_idempotent(method: &Method) -> bool {
 /// (any `Content-Length` or `Transfer-Encoding` the request carried is
 /// replaced).
 fn encode_request(
-    parts: &http::request::Parts,
+    head: &Head,
     authority: &Authority,
     field: Option<&(HeaderName, HeaderValue)>,
     body: &Bytes,
 ) -> Vec<u8> {
+    let parts = &head.parts;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -640,12 +641,14 @@ fn encode_request(
     // One pass over the fields notes Host and Content-Length (two map
     // lookups less per request).
     let (mut has_host, mut had_length) = (false, false);
-    // The head's fields, then this attempt's own (in place of the head's).
-    let added = field.map(|(name, _)| name);
+    // The head's fields, its added ones, then this attempt's own (in place
+    // of any the head has).
+    let own = field.map(|(name, _)| name);
     let fields = parts
         .headers
         .iter()
-        .filter(|(name, _)| Some(*name) != added);
+        .chain(head.added.iter().map(|(name, value)| (name, value)))
+        .filter(|(name, _)| Some(*name) != own);
     for (name, value) in fields.chain(field.map(|(name, value)| (name, value))) {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             had_length |= name == header::CONTENT_LENGTH;
@@ -965,13 +968,21 @@ mod tests {
 
     fn encoded_with(
         req: http::Request<()>,
+        added: &[(&'static str, &'static str)],
         field: Option<(HeaderName, HeaderValue)>,
         body: &'static [u8],
     ) -> String {
         let (parts, ()) = req.into_parts();
+        let mut head = Head::from(parts);
+        for (name, value) in added {
+            head.added.push((
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            ));
+        }
         let authority = Authority::from_static("10.0.0.7:8080");
         String::from_utf8(encode_request(
-            &parts,
+            &head,
             &authority,
             field.as_ref(),
             &Bytes::from_static(body),
@@ -980,7 +991,7 @@ mod tests {
     }
 
     fn encoded(req: http::Request<()>, body: &'static [u8]) -> String {
-        encoded_with(req, None, body)
+        encoded_with(req, &[], None, body)
     }
 
     #[test]
@@ -996,8 +1007,31 @@ mod tests {
             HeaderValue::from_static("250"),
         );
         assert_eq!(
-            encoded_with(req, Some(field), b""),
+            encoded_with(req, &[], Some(field), b""),
             "GET / HTTP/1.1\r\nhost: h\r\nx-other: 1\r\nx-deadline-ms: 250\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn added_fields_follow_the_heads_own_and_precede_the_attempts() {
+        let req = http::Request::get("/")
+            .header("host", "h")
+            .header("x-other", "1")
+            .body(())
+            .unwrap();
+        let field = (
+            HeaderName::from_static("x-deadline-ms"),
+            HeaderValue::from_static("250"),
+        );
+        assert_eq!(
+            encoded_with(
+                req,
+                &[("x-forwarded-for", "10.1.2.3"), ("x-request-id", "abc")],
+                Some(field),
+                b""
+            ),
+            "GET / HTTP/1.1\r\nhost: h\r\nx-other: 1\r\nx-forwarded-for: 10.1.2.3\r\n\
+             x-request-id: abc\r\nx-deadline-ms: 250\r\n\r\n"
         );
     }
 

@@ -66,4 +66,6 @@ pub use config::{
 };
 pub use error::{TransportError, TransportErrorKind};
 pub use tls::UpstreamTlsConfig;
-pub use transport::{Attempt, OPEN_CONNECTIONS_GAUGE, ResponseFuture, Transport};
+pub use transport::{
+    AddedFields, Attempt, Head, OPEN_CONNECTIONS_GAUGE, ResponseFuture, Transport,
+};

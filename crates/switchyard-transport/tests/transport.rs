@@ -14,7 +14,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use switchyard_transport::{Body, Protocol, Transport, TransportConfig, TransportErrorKind};
+use switchyard_transport::{
+    Attempt, Body, Head, Protocol, Transport, TransportConfig, TransportErrorKind,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -22,9 +24,19 @@ use tokio::{
 use tower_service::Service;
 
 /// Replies to `/buffer?limit=N` with what `Body::buffer_for_replay` made of
-/// the request body: `replayable=<bool> len=<bytes read in total>`; to any
-/// other path with `hello`.
+/// the request body: `replayable=<bool> len=<bytes read in total>`; to
+/// `/fields` with the request's `x-` fields, one `name=value` per line in
+/// the order received; to any other path with `hello`.
 async fn handle(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/fields" {
+        let text: String = req
+            .headers()
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("x-"))
+            .map(|(name, value)| format!("{name}={}\n", value.to_str().unwrap()))
+            .collect();
+        return Ok(http::Response::new(Full::new(Bytes::from(text))));
+    }
     if req.uri().path() == "/buffer" {
         let limit: usize = req.uri().query().unwrap()["limit=".len()..]
             .parse()
@@ -128,6 +140,58 @@ async fn http2_prior_knowledge_multiplexes_over_one_connection() {
         assert_eq!(res.into_body().collect_bytes().await.unwrap(), "hello");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_sends_the_heads_fields_then_its_added_ones_then_its_own() {
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let (addr, _) = backend(protocol).await;
+        let config = TransportConfig {
+            protocol,
+            ..TransportConfig::default()
+        };
+        let transport = Transport::new(&config).unwrap();
+        let (parts, ()) = http::Request::get("/fields")
+            .header("x-own", "1")
+            .header("x-deadline-ms", "900")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut head = Head::from(parts);
+        head.added.push((
+            http::HeaderName::from_static("x-forwarded-for"),
+            http::HeaderValue::from_static("10.1.2.3"),
+        ));
+        let head = Arc::new(head);
+        for left in ["250", "100"] {
+            let res = transport
+                .send_attempt(Attempt {
+                    head: head.clone(),
+                    scheme: http::uri::Scheme::HTTP,
+                    authority: addr.to_string().parse().unwrap(),
+                    field: Some((
+                        http::HeaderName::from_static("x-deadline-ms"),
+                        http::HeaderValue::from_static(left),
+                    )),
+                    body: Body::empty(),
+                })
+                .await
+                .unwrap();
+            let text = res.into_body().collect_bytes().await.unwrap();
+            let mut fields: Vec<_> = std::str::from_utf8(&text).unwrap().lines().collect();
+            if protocol == Protocol::Http2 {
+                // Hyper writes the fields grouped by name; order across
+                // names carries no meaning.
+                fields.sort_unstable();
+            }
+            let own = format!("x-deadline-ms={left}");
+            let mut expected = vec!["x-own=1", "x-forwarded-for=10.1.2.3", own.as_str()];
+            if protocol == Protocol::Http2 {
+                expected.sort_unstable();
+            }
+            assert_eq!(fields, expected, "{protocol:?}");
+        }
+    }
 }
 
 /// Runs futures concurrently on the runtime and collects their outputs in order.

@@ -31,16 +31,39 @@ async fn proxies_and_reports_metrics_health_and_state() {
     };
     let left = deadline_ms(backend.last());
     assert!((1_501..=10_000).contains(&left), "{left}");
-    let (status, _, _) = send_with(
+    // The forwarded fields and the request id, each once.
+    let once = |seen: &Seen, name: &str| -> String {
+        let values: Vec<_> = seen.headers.get_all(name).iter().collect();
+        assert_eq!(values.len(), 1, "{name}: {values:?}");
+        values[0].to_str().unwrap().to_owned()
+    };
+    let seen = backend.last();
+    assert_eq!(once(&seen, "x-forwarded-for"), "127.0.0.1");
+    assert_eq!(once(&seen, "x-forwarded-proto"), "http");
+    assert_eq!(once(&seen, "x-forwarded-host"), gw.listener.to_string());
+    assert_eq!(once(&seen, "x-request-id"), headers["x-request-id"]);
+    let (status, headers, _) = send_with(
         &http,
         "GET",
         &gw.url("/hello"),
-        &[("x-switchyard-deadline-ms", "1500")],
+        &[
+            ("x-switchyard-deadline-ms", "1500"),
+            ("x-request-id", "from-the-client"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "spoofed.example"),
+        ],
     )
     .await;
     assert_eq!(status, 200);
-    let left = deadline_ms(backend.last());
+    assert_eq!(headers["x-request-id"], "from-the-client");
+    let seen = backend.last();
+    let left = deadline_ms(seen.clone());
     assert!((1..=1500).contains(&left), "{left}");
+    assert_eq!(once(&seen, "x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+    assert_eq!(once(&seen, "x-forwarded-proto"), "http");
+    assert_eq!(once(&seen, "x-forwarded-host"), gw.listener.to_string());
+    assert_eq!(once(&seen, "x-request-id"), "from-the-client");
 
     assert_eq!(get(&http, &gw.admin_url("/healthz")).await.0, 200);
     assert_eq!(get(&http, &gw.admin_url("/readyz")).await.0, 200);

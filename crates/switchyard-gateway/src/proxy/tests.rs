@@ -157,7 +157,8 @@ async fn an_upstream_not_ready_at_once_is_waited_for_and_a_failing_one_fails_the
                 polls: polls.clone(),
                 fail,
             }));
-        let result = start_call(&svc, Request::new(Body::empty())).await;
+        let head = Arc::new(Head::from(Request::new(()).into_parts().0));
+        let result = start_call(&svc, head, None, Body::empty()).await;
         if fail {
             assert!(result.is_err(), "the readiness error is the call's result");
         } else {
