@@ -75,9 +75,9 @@ else
     # Five rounds of 6 s (30 s per target): the summary pairs each round's
     # figures, and more, shorter pairs follow the machine's drift closer.
     ROUNDS=${ROUNDS:-5}; DURATION=${DURATION:-6}
-    # Three rounds: the median of two is their mean, and one bad round on
-    # a shared machine then sets the figure.
-    LAT_ROUNDS=${LAT_ROUNDS:-3}; LAT_DURATION=${LAT_DURATION:-10}
+    # Five rounds of 8 s: a round's p99 moves by half between rounds on a
+    # shared machine (one noisy spell), and the summary pairs them too.
+    LAT_ROUNDS=${LAT_ROUNDS:-5}; LAT_DURATION=${LAT_DURATION:-8}
     WARMUP=${WARMUP:-2}; IDLE_CONNS=${IDLE_CONNS:-10000}
 fi
 

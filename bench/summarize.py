@@ -184,6 +184,11 @@ def main() -> int:
         runs = [parse_oha(f) if f.suffix == ".json" else parse_wrk(f) for f in files]
         keys = ["p50", "p99", "p99.9"] if not fallback else ["p50", "p90", "p99"]
         lat[t] = {k: median([r["pct"].get(k) for r in runs]) for k in keys}
+        lat[t]["p99_by_round"] = {
+            int(f.name.split(".")[-2]): r["pct"].get("p99")
+            for f, r in zip(files, runs)
+            if r["pct"].get("p99")
+        }
         lat[t]["rps"] = median([r["rps"] for r in runs])
         lat[t]["errors"] = sum(r["errors"] for r in runs)
         lat[t]["non2xx"] = sum(r["non2xx"] for r in runs)
@@ -217,6 +222,28 @@ def main() -> int:
             + f" | {ms(d['max'])} | " + " | ".join(cells) + f" | {d['errors']} / {d['non2xx']} |"
         )
     p("")
+
+    def paired_p99(t, r):
+        a, b = lat[t]["p99_by_round"], lat[r]["p99_by_round"]
+        return sorted(a[k] / b[k] for k in a if k in b and b[k])
+
+    if sys_targets:
+        p(
+            "Paired p99 ratios (a Switchyard target's p99 over a reference's in the same "
+            "round; median and range over the rounds):"
+        )
+        p("")
+        p("| target | " + " | ".join(f"vs {r}" for r in refs) + " |")
+        p("|" + " --- |" * (1 + len(refs)))
+        for t in sys_targets:
+            cells = []
+            for r in refs:
+                xs = paired_p99(t, r)
+                cells.append(
+                    "n/a" if not xs else f"{statistics.median(xs):.2f} ({xs[0]:.2f}–{xs[-1]:.2f})"
+                )
+            p(f"| {t} | " + " | ".join(cells) + " |")
+        p("")
 
     # ------------------------------------------------------------ memory
     mem = {}
@@ -266,7 +293,14 @@ def main() -> int:
                 p(f"- {sy}/{r} CPU per request: {ratio(tput[sy]['cpu_us'], tput[r]['cpu_us'])}")
         for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd"):
             if r in targets and "p99" in lat[sy]:
-                p(f"- {sy}/{r} p99 at the fixed rate: {ratio(lat[sy]['p99'], lat[r]['p99'])}")
+                xs = paired_p99(sy, r)
+                pair = (
+                    f" (paired by round: median {statistics.median(xs):.2f}, "
+                    f"{xs[0]:.2f}–{xs[-1]:.2f} over {len(xs)} rounds)"
+                    if xs
+                    else ""
+                )
+                p(f"- {sy}/{r} p99 at the fixed rate: {ratio(lat[sy]['p99'], lat[r]['p99'])}{pair}")
         if sy in mem and "haproxy" in mem and "nginx" in mem:
             def per(t):
                 m = mem[t]
