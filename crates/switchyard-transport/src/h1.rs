@@ -427,6 +427,11 @@ enum Parsed {
     Informational,
 }
 
+/// Where each field's value lies in a head, by name, while the head's bytes
+/// are still borrowed by the parser: on the stack for the usual dozen or so
+/// fields (a heap vector was an allocation per message).
+pub(crate) type Spans = smallvec::SmallVec<[(HeaderName, std::ops::Range<usize>); 16]>;
+
 /// How a body is delimited (a response's here, a request's in the server).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Framing {
@@ -492,7 +497,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
     // head's bytes, not copies.
     let mut framing = FramingFields::default();
     let base = buf.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(parsed.headers.len());
+    let mut spans = Spans::new();
     for h in parsed.headers.iter() {
         let name = header_name(h.name.as_bytes())
             .map_err(|_| Failure::protocol(format!("invalid header name {:?}", h.name)))?;
@@ -512,7 +517,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
     let head = buf.split_to(len).freeze();
     // Room for the request id a proxy adds without growing the map.
     let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-    for (name, range) in spans {
+    for (name, range) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| Failure::protocol(format!("invalid value for header {name}")))?;
         headers.append(name, value);

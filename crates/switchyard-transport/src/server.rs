@@ -514,7 +514,7 @@ fn parse_request(
     let target_at = target.as_ptr() as usize - base;
     let target = target_at..target_at + target.len();
     let mut fields = Fields::default();
-    let mut spans = Vec::with_capacity(parsed.headers.len());
+    let mut spans = crate::h1::Spans::new();
     for h in parsed.headers.iter() {
         let name = header_name(h.name.as_bytes())
             .map_err(|_| Refusal::bad(format!("invalid header name {:?}", h.name)))?;
@@ -530,7 +530,7 @@ fn parse_request(
     // Room for the fields a proxy adds (X-Forwarded-*, request id, the
     // deadline) without growing the map per request.
     let mut headers = HeaderMap::with_capacity(spans.len() + 6);
-    for (name, range) in spans {
+    for (name, range) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| Refusal::bad(format!("invalid value for header {name}")))?;
         headers.append(name, value);
