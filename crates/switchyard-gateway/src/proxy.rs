@@ -939,19 +939,27 @@ fn forwarded_fields(
     let mut added = AddedFields::new();
     if let Some(addr) = client {
         let ip = ip_text(addr.ip());
-        if has_for {
-            let mut entry = match headers.entry(X_FORWARDED_FOR) {
-                header::Entry::Occupied(entry) => entry,
-                header::Entry::Vacant(_) => unreachable!("the field was seen above"),
-            };
-            let mut list: Vec<&str> = entry.iter().filter_map(|v| v.to_str().ok()).collect();
-            list.push(&ip);
-            if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
-                // Replaces every earlier value with the joined list.
-                entry.insert(value);
+        if !has_for {
+            if let Ok(value) = HeaderValue::try_from(ip) {
+                added.push((X_FORWARDED_FOR, value));
             }
-        } else if let Ok(value) = HeaderValue::try_from(ip) {
-            added.push((X_FORWARDED_FOR, value));
+        } else {
+            match headers.entry(X_FORWARDED_FOR) {
+                header::Entry::Occupied(mut entry) => {
+                    let mut list: Vec<&str> =
+                        entry.iter().filter_map(|v| v.to_str().ok()).collect();
+                    list.push(&ip);
+                    if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+                        // Replaces every earlier value with the joined list.
+                        entry.insert(value);
+                    }
+                }
+                header::Entry::Vacant(entry) => {
+                    if let Ok(value) = HeaderValue::try_from(ip) {
+                        entry.insert(value);
+                    }
+                }
+            }
         }
     }
     let proto = HeaderValue::from_static("http");
