@@ -74,6 +74,34 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
+def paired(a: dict, b: dict) -> list:
+    """Per-round ratios a/b over the rounds both have, sorted."""
+    return sorted(a[k] / b[k] for k in a if k in b and b[k])
+
+
+def spread(xs: list) -> str:
+    """`median (min–max)` of sorted ratios."""
+    return "n/a" if not xs else f"{statistics.median(xs):.2f} ({xs[0]:.2f}–{xs[-1]:.2f})"
+
+
+def paired_table(p, intro: str, targets: list, refs: list, by_round) -> None:
+    """A table of paired ratios of each target against each reference."""
+    p(intro)
+    p("")
+    p("| target | " + " | ".join(f"vs {r}" for r in refs) + " |")
+    p("|" + " --- |" * (1 + len(refs)))
+    for t in targets:
+        p(f"| {t} | " + " | ".join(spread(paired(by_round(t), by_round(r))) for r in refs) + " |")
+    p("")
+
+
+def paired_note(xs: list) -> str:
+    """The headline's note on paired ratios, empty without any."""
+    if not xs:
+        return ""
+    return f" (paired by round: median {statistics.median(xs):.2f}, {xs[0]:.2f}–{xs[-1]:.2f} over {len(xs)} rounds)"
+
+
 def ms(x):
     return "n/a" if x is None else f"{x * 1e3:.3f}"
 
@@ -152,29 +180,17 @@ def main() -> int:
     # Paired ratios: within a round the targets run back to back, so a
     # slow spell of the shared machine touches both sides of a ratio; the
     # ratio of the medians mixes rounds run minutes apart.
-    def paired(t, r):
-        a, b = tput[t]["by_round"], tput[r]["by_round"]
-        return sorted(a[k] / b[k] for k in a if k in b and b[k])
-
     sys_targets = [t for t in targets if t.startswith("switchyard")]
-    if sys_targets and len(refs) > 0:
-        p(
+    if sys_targets and refs:
+        paired_table(
+            p,
             "Paired ratios (requests/s of a Switchyard target over a reference's in the same "
             "round; median and range over the rounds; less exposed to the machine's drift "
-            "than the ratio of medians):"
+            "than the ratio of medians):",
+            sys_targets,
+            refs,
+            lambda t: tput[t]["by_round"],
         )
-        p("")
-        p("| target | " + " | ".join(f"vs {r}" for r in refs) + " |")
-        p("|" + " --- |" * (1 + len(refs)))
-        for t in sys_targets:
-            cells = []
-            for r in refs:
-                xs = paired(t, r)
-                cells.append(
-                    "n/a" if not xs else f"{statistics.median(xs):.2f} ({xs[0]:.2f}–{xs[-1]:.2f})"
-                )
-            p(f"| {t} | " + " | ".join(cells) + " |")
-        p("")
 
     # ------------------------------------------------------------ latency
     lat = {}
@@ -223,27 +239,15 @@ def main() -> int:
         )
     p("")
 
-    def paired_p99(t, r):
-        a, b = lat[t]["p99_by_round"], lat[r]["p99_by_round"]
-        return sorted(a[k] / b[k] for k in a if k in b and b[k])
-
-    if sys_targets:
-        p(
+    if sys_targets and refs:
+        paired_table(
+            p,
             "Paired p99 ratios (a Switchyard target's p99 over a reference's in the same "
-            "round; median and range over the rounds):"
+            "round; median and range over the rounds):",
+            sys_targets,
+            refs,
+            lambda t: lat[t]["p99_by_round"],
         )
-        p("")
-        p("| target | " + " | ".join(f"vs {r}" for r in refs) + " |")
-        p("|" + " --- |" * (1 + len(refs)))
-        for t in sys_targets:
-            cells = []
-            for r in refs:
-                xs = paired_p99(t, r)
-                cells.append(
-                    "n/a" if not xs else f"{statistics.median(xs):.2f} ({xs[0]:.2f}–{xs[-1]:.2f})"
-                )
-            p(f"| {t} | " + " | ".join(cells) + " |")
-        p("")
 
     # ------------------------------------------------------------ memory
     mem = {}
@@ -277,29 +281,14 @@ def main() -> int:
     for sy in [t for t in targets if t.startswith("switchyard")]:
         for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd", "direct"):
             if r in targets:
-                xs = paired(sy, r)
-                pair = (
-                    f" (paired by round: median {statistics.median(xs):.2f}, "
-                    f"{xs[0]:.2f}–{xs[-1]:.2f} over {len(xs)} rounds)"
-                    if xs
-                    else ""
-                )
-                p(
-                    f"- {sy}/{r} throughput: "
-                    f"{ratio(tput[sy]['median'], tput[r]['median'])}{pair}"
-                )
+                pair = paired_note(paired(tput[sy]["by_round"], tput[r]["by_round"]))
+                p(f"- {sy}/{r} throughput: {ratio(tput[sy]['median'], tput[r]['median'])}{pair}")
         for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd"):
             if r in targets:
                 p(f"- {sy}/{r} CPU per request: {ratio(tput[sy]['cpu_us'], tput[r]['cpu_us'])}")
         for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd"):
             if r in targets and "p99" in lat[sy]:
-                xs = paired_p99(sy, r)
-                pair = (
-                    f" (paired by round: median {statistics.median(xs):.2f}, "
-                    f"{xs[0]:.2f}–{xs[-1]:.2f} over {len(xs)} rounds)"
-                    if xs
-                    else ""
-                )
+                pair = paired_note(paired(lat[sy]["p99_by_round"], lat[r]["p99_by_round"]))
                 p(f"- {sy}/{r} p99 at the fixed rate: {ratio(lat[sy]['p99'], lat[r]['p99'])}{pair}")
         if sy in mem and "haproxy" in mem and "nginx" in mem:
             def per(t):

@@ -324,15 +324,10 @@ impl SharedRequest {
         self
     }
 
-    /// The request's head, as every attempt sends it (its added fields
-    /// apart: [`added`](Self::added)).
+    /// The request's head, as every attempt sends it (the fields added
+    /// after its own apart, see [`Head`]).
     pub fn head(&self) -> &http::request::Parts {
         &self.head.parts
-    }
-
-    /// The fields every attempt sends after the head's own.
-    pub fn added(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.head.added
     }
 }
 

@@ -1030,12 +1030,7 @@ fn start_call(
             }
         }
         tower::util::Either::Right(boxed) => {
-            let Head { mut parts, added } =
-                Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone());
-            for (name, value) in added {
-                parts.headers.append(name, value);
-            }
-            let mut req = Request::from_parts(parts, body);
+            let mut req = Request::from_parts(Head::into_parts(head), body);
             if let Some(deadline) = deadline {
                 req.set_deadline(deadline);
             }

@@ -146,11 +146,7 @@ impl Transport {
         };
         // HTTP/2 and streamed bodies go through hyper, which takes the head
         // itself: a copy only when another attempt still shares it.
-        let Head { mut parts, added } =
-            Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone());
-        for (name, value) in added {
-            parts.headers.append(name, value);
-        }
+        let mut parts = Head::into_parts(head);
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.scheme = Some(scheme);
         uri.authority = Some(authority);
@@ -203,6 +199,20 @@ pub struct Head {
     /// Fields sent after the parts' own. None of their names may be among
     /// the parts' fields: a field that replaces one goes in the parts.
     pub added: AddedFields,
+}
+
+impl Head {
+    /// The head as one `Parts`, its added fields appended to the map, for
+    /// what takes an `http::Request` (hyper, a boxed service); a copy only
+    /// when another attempt still shares it.
+    pub fn into_parts(head: Arc<Self>) -> http::request::Parts {
+        let Head { mut parts, added } =
+            Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone());
+        for (name, value) in added {
+            parts.headers.append(name, value);
+        }
+        parts
+    }
 }
 
 impl From<http::request::Parts> for Head {
