@@ -60,6 +60,8 @@
 //! assert_eq!(normalize_path("/%2e%2e/admin"), Err(PathError::AboveRoot));
 //! ```
 
+use std::borrow::Cow;
+
 /// Why a path was refused (answered with 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -91,12 +93,12 @@ pub enum PathError {
 }
 
 /// The normalized form of a request path (without query); see the
-/// [module docs](self) for the rules.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+/// [module docs](self) for the rules. Borrowed when `raw` is already normal.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if is_normal(raw) {
-        return Ok(raw.to_owned());
+        return Ok(Cow::Borrowed(raw));
     }
-    rebuild(raw)
+    rebuild(raw).map(Cow::Owned)
 }
 
 /// True when `raw` is already its own normal form: visible ASCII without
@@ -175,10 +177,10 @@ fn rebuild(raw: &str) -> Result<String, PathError> {
 /// use switchyard_gateway::paths::normalize_path_and_query;
 /// assert_eq!(normalize_path_and_query("/a//b?x=%2f..").unwrap(), "/a/b?x=%2f..");
 /// ```
-pub fn normalize_path_and_query(raw: &str) -> Result<String, PathError> {
+pub fn normalize_path_and_query(raw: &str) -> Result<Cow<'_, str>, PathError> {
     match raw.split_once('?') {
-        Some((path, _)) if is_normal(path) => Ok(raw.to_owned()),
-        Some((path, query)) => Ok(format!("{}?{query}", normalize_path(path)?)),
+        Some((path, _)) if is_normal(path) => Ok(Cow::Borrowed(raw)),
+        Some((path, query)) => Ok(Cow::Owned(format!("{}?{query}", normalize_path(path)?))),
         None => normalize_path(raw),
     }
 }

@@ -73,6 +73,7 @@
 //! `-` when none matched.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     convert::Infallible,
     future::Future,
@@ -449,17 +450,37 @@ enum Routed<'a> {
 
 /// A request that passed [`Inner::admit`]: where it goes and what is left
 /// of it to send.
+///
+/// Nothing of the path is copied in the usual case: `normalized` and
+/// `rewritten` are set only when normalizing or a rewrite changed it, and
+/// `params` only for a composition.
 struct Admitted<'t> {
     parts: http::request::Parts,
     body: Body,
-    host: Option<String>,
-    path_and_query: String,
+    /// The path and query when normalizing changed them.
+    normalized: Option<String>,
     target: Routed<'t>,
-    upstream_path: String,
+    /// The path and query to send when a rewrite made them.
+    rewritten: Option<String>,
+    /// The path parameters, for a composition.
     params: Vec<(String, String)>,
     retry_non_idempotent: bool,
     identity: Option<Identity>,
     peer: Option<SocketAddr>,
+}
+
+impl Admitted<'_> {
+    /// The request's path and query as normalized (and matched).
+    fn path_and_query(&self) -> &str {
+        self.normalized
+            .as_deref()
+            .unwrap_or_else(|| request_target(&self.parts.uri))
+    }
+}
+
+/// The path and query of `uri`; `/` when it has none.
+fn request_target(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", |pq| pq.as_str())
 }
 
 /// Labels and outcome of one request, for metrics and the log line
@@ -552,64 +573,70 @@ impl Inner {
             return Err(Problem::payload_too_large(self.max_body));
         }
 
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| header_str(req.headers(), &header::HOST).map(str::to_owned));
-        // One spelling per path, before anything looks at it: what is
-        // matched and authorized is what goes upstream.
-        let path_and_query =
-            normalize_path_and_query(req.uri().path_and_query().map_or("/", |pq| pq.as_str()))
-                .map_err(|err| {
-                    Problem::bad_request(format!("the request path is refused: {err}"))
-                })?;
         let (mut parts, body) = req.into_parts();
         let authenticator = table.security.authenticator.as_deref();
         if authenticator.is_some() {
             strip_identity_headers(&table.security.forward, &mut parts.headers);
         }
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| header_str(&parts.headers, &header::HOST));
+        // One spelling per path, before anything looks at it: what is
+        // matched and authorized is what goes upstream.
+        let path_and_query = normalize_path_and_query(request_target(&parts.uri))
+            .map_err(|err| Problem::bad_request(format!("the request path is refused: {err}")))?;
 
-        let matched = table.router.route(
-            &self.listener,
-            &parts.method,
-            host.as_deref(),
-            &path_and_query,
-            &parts.headers,
-        );
-        let (target, upstream_path, params, retry_non_idempotent) = match matched {
-            Some(m) => {
-                let index = m.index();
-                outcome.route = table.router.name(index).unwrap_or("-");
-                let (params, upstream_path) = m.into_params_and_path();
-                (
-                    Routed::Target(&table.targets[index]),
-                    upstream_path,
-                    params,
-                    table.router.retry_non_idempotent(index),
-                )
-            }
-            None => {
-                let named = self
-                    .sidecar
-                    .then(|| sidecar_service(&parts.headers, host.as_deref()))
-                    .flatten()
-                    .and_then(|name| table.sidecar.get(name));
-                match named {
-                    Some(upstream) => {
-                        outcome.route = "sidecar";
-                        (
-                            Routed::Sidecar(upstream),
-                            path_and_query.clone(),
-                            Vec::new(),
-                            false,
-                        )
-                    }
-                    None => {
-                        return Err(Problem::route_not_found(&NoRoute {
-                            method: parts.method.clone(),
-                            path: path_and_query.split('?').next().unwrap_or("/").to_owned(),
-                        }));
+        // In a block: the match borrows the path, which `Admitted` takes.
+        let (target, rewritten, params, retry_non_idempotent) = {
+            let matched = table.router.route(
+                &self.listener,
+                &parts.method,
+                host,
+                &path_and_query,
+                &parts.headers,
+            );
+            match matched {
+                Some(m) => {
+                    let index = m.index();
+                    outcome.route = table.router.name(index).unwrap_or("-");
+                    let target = &table.targets[index];
+                    let params = match target.handler {
+                        Handler::Compose(_) => m
+                            .params()
+                            .iter()
+                            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect(),
+                        Handler::Proxy(_) => Vec::new(),
+                    };
+                    (
+                        Routed::Target(target),
+                        match m.into_upstream_path() {
+                            Cow::Owned(rewritten) => Some(rewritten),
+                            Cow::Borrowed(_) => None,
+                        },
+                        params,
+                        table.router.retry_non_idempotent(index),
+                    )
+                }
+                None => {
+                    let named = self
+                        .sidecar
+                        .then(|| sidecar_service(&parts.headers, host))
+                        .flatten()
+                        .and_then(|name| table.sidecar.get(name));
+                    match named {
+                        Some(upstream) => {
+                            outcome.route = "sidecar";
+                            (Routed::Sidecar(upstream), None, Vec::new(), false)
+                        }
+                        None => {
+                            return Err(Problem::route_not_found(&NoRoute {
+                                method: parts.method.clone(),
+                                path: path_and_query.split('?').next().unwrap_or("/").to_owned(),
+                            }));
+                        }
                     }
                 }
             }
@@ -640,6 +667,10 @@ impl Inner {
             )?,
             (None, _) => None,
         };
+        let normalized = match path_and_query {
+            Cow::Owned(normalized) => Some(normalized),
+            Cow::Borrowed(_) => None,
+        };
         // Boxed: the request's future keeps what `admit` returns beside
         // the answer's future, which keeps it too; two copies of half a
         // kilobyte, moved whole each time the future is, cost more than
@@ -647,10 +678,9 @@ impl Inner {
         Ok(Box::new(Admitted {
             parts,
             body,
-            host,
-            path_and_query,
+            normalized,
             target,
-            upstream_path,
+            rewritten,
             params,
             retry_non_idempotent,
             identity,
@@ -710,12 +740,16 @@ impl Inner {
                     handler: Handler::Compose(route),
                     ..
                 }) => {
+                    let query = admitted
+                        .path_and_query()
+                        .split_once('?')
+                        .map(|(_, q)| q.to_owned());
                     Box::pin(self.compose(
                         route,
                         admitted.parts,
                         admitted.body,
                         admitted.params,
-                        &admitted.path_and_query,
+                        query.as_deref(),
                         request_id,
                     ))
                     .await
@@ -750,7 +784,7 @@ impl Inner {
         parts: http::request::Parts,
         body: Body,
         params: Vec<(String, String)>,
-        path_and_query: &str,
+        query: Option<&str>,
         request_id: &HeaderValue,
     ) -> Result<Response<Body>, Problem> {
         let mut headers = parts.headers;
@@ -774,7 +808,6 @@ impl Inner {
         } else {
             None
         };
-        let query = path_and_query.split_once('?').map(|(_, q)| q);
         let request = compose::compose_request(params, query, headers.clone(), body);
         route.answer(request, &headers, deadline).await
     }
@@ -789,34 +822,34 @@ impl Inner {
         let Admitted {
             parts,
             body,
-            host,
-            upstream_path,
+            normalized,
+            rewritten,
             retry_non_idempotent,
             peer,
             ..
         } = *admitted;
-        let host = host.as_deref();
-        // The usual case: the target goes upstream as it came (its path
-        // already normal, no rewrite), so the received one is kept rather
-        // than parsed again.
-        let as_received = parts.uri.scheme().is_none()
-            && parts
-                .uri
-                .path_and_query()
-                .is_some_and(|pq| pq.as_str() == upstream_path);
-        let uri: Uri = if as_received {
-            parts.uri
-        } else {
-            upstream_path.parse().map_err(|_| {
-                Problem::bad_request(format!(
-                    "the upstream path `{upstream_path}` is not a valid request target"
-                ))
-            })?
-        };
         let mut headers = parts.headers;
         let deadline = take_deadline(&mut headers);
         remove_hop_by_hop(&mut headers);
+        // The `Host` field, when the request has one, is found by the scan.
+        let host = parts.uri.authority().map(|a| a.as_str());
         let added = forwarded_fields(&mut headers, parts.version, host, peer, request_id);
+        let uri: Uri = match rewritten.or(normalized) {
+            // The usual case: the target goes upstream as it came (its path
+            // already normal, no rewrite), so the received one is kept
+            // rather than parsed again.
+            None if parts.uri.scheme().is_none() && parts.uri.path_and_query().is_some() => {
+                parts.uri
+            }
+            path => {
+                let path = path.as_deref().unwrap_or(request_target(&parts.uri));
+                path.parse().map_err(|_| {
+                    Problem::bad_request(format!(
+                        "the upstream path `{path}` is not a valid request target"
+                    ))
+                })?
+            }
+        };
 
         let replay =
             upstream.retries_enabled && (is_idempotent(&parts.method) || retry_non_idempotent);

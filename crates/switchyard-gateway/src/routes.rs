@@ -54,9 +54,10 @@
 //! assert_eq!(m.upstream_path(), "/v2/7/orders/3?full=1");
 //! ```
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use smallvec::SmallVec;
 
 use crate::config::RouteConfig;
 
@@ -95,31 +96,33 @@ enum Segment {
     Param(String),
 }
 
-/// The route a request matched.
+/// The route a request matched, borrowing the router and the request's
+/// path: matching copies nothing, and a route without `rewrite` sends the
+/// path it was given (most routes, most requests).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteMatch {
+pub struct RouteMatch<'a> {
     index: usize,
-    params: Vec<(String, String)>,
-    upstream_path: String,
+    params: SmallVec<[(&'a str, &'a str); 4]>,
+    upstream_path: Cow<'a, str>,
 }
 
-impl RouteMatch {
+impl<'a> RouteMatch<'a> {
     /// Index of the matched route in the config's route list.
     pub fn index(&self) -> usize {
         self.index
     }
 
-    /// The path parameters, in pattern order.
-    pub fn params(&self) -> &[(String, String)] {
+    /// The path parameters (name, value as received), in pattern order.
+    pub fn params(&self) -> &[(&'a str, &'a str)] {
         &self.params
     }
 
     /// One path parameter by name.
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub fn param(&self, name: &str) -> Option<&'a str> {
         self.params
             .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| *k == name)
+            .map(|&(_, v)| v)
     }
 
     /// The path and query to send upstream (after `rewrite`).
@@ -127,9 +130,10 @@ impl RouteMatch {
         &self.upstream_path
     }
 
-    /// The path parameters and the upstream path, without copying them.
-    pub fn into_params_and_path(self) -> (Vec<(String, String)>, String) {
-        (self.params, self.upstream_path)
+    /// The path and query to send upstream: the one given to
+    /// [`Router::route`] itself when the route has no `rewrite`.
+    pub fn into_upstream_path(self) -> Cow<'a, str> {
+        self.upstream_path
     }
 }
 
@@ -222,18 +226,15 @@ impl Router {
     ///
     /// `path` may carry a query string (`/a?b=c`); it is kept in the
     /// upstream path. `host` may carry a port; it is ignored.
-    pub fn route(
-        &self,
+    pub fn route<'a>(
+        &'a self,
         listener: &str,
         method: &Method,
         host: Option<&str>,
-        path: &str,
+        path: &'a str,
         headers: &HeaderMap,
-    ) -> Option<RouteMatch> {
-        let (path_only, query) = match path.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path, None),
-        };
+    ) -> Option<RouteMatch<'a>> {
+        let path_only = path.split_once('?').map_or(path, |(p, _)| p);
         let host = host.map(strip_port);
         let accepts =
             |route: &CompiledRoute| route.serves(listener) && route.accepts(method, host, headers);
@@ -256,16 +257,16 @@ impl Router {
                 let params = route
                     .bare_prefix
                     .iter()
-                    .map(|(_, name)| (name.clone(), String::new()))
+                    .map(|(_, name)| (name.as_str(), ""))
                     .collect();
-                return Some(self.finish(index, params, path_only, query));
+                return Some(self.finish(index, params, path));
             }
         }
         if let Some(m) = &matched {
             let group = *m.value;
             for &index in &self.groups[group] {
                 if accepts(&self.routes[index]) {
-                    return Some(self.finish(index, owned(&m.params), path_only, query));
+                    return Some(self.finish(index, m.params.iter().collect(), path));
                 }
             }
         }
@@ -275,21 +276,22 @@ impl Router {
                 continue;
             }
             if let Ok(m) = route.tree.at(path_only) {
-                return Some(self.finish(index, owned(&m.params), path_only, query));
+                return Some(self.finish(index, m.params.iter().collect(), path));
             }
         }
         None
     }
 
-    fn finish(
-        &self,
+    /// The match of route `index` for `path` (query included).
+    fn finish<'a>(
+        &'a self,
         index: usize,
-        params: Vec<(String, String)>,
-        path: &str,
-        query: Option<&str>,
-    ) -> RouteMatch {
-        let mut upstream_path = match &self.routes[index].rewrite {
-            None => path.to_owned(),
+        params: SmallVec<[(&'a str, &'a str); 4]>,
+        path: &'a str,
+    ) -> RouteMatch<'a> {
+        let upstream_path = match &self.routes[index].rewrite {
+            // The path and query as given.
+            None => Cow::Borrowed(path),
             Some(template) => {
                 let mut out = String::with_capacity(path.len());
                 for segment in template {
@@ -302,13 +304,13 @@ impl Router {
                         }
                     }
                 }
-                out
+                if let Some((_, q)) = path.split_once('?') {
+                    out.push('?');
+                    out.push_str(q);
+                }
+                Cow::Owned(out)
             }
         };
-        if let Some(q) = query {
-            upstream_path.push('?');
-            upstream_path.push_str(q);
-        }
         RouteMatch {
             index,
             params,
@@ -336,13 +338,6 @@ impl CompiledRoute {
             .iter()
             .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
     }
-}
-
-fn owned(params: &matchit::Params<'_, '_>) -> Vec<(String, String)> {
-    params
-        .iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 /// `/api/` and `rest` for `/api/{*rest}`.

@@ -184,7 +184,7 @@ proptest! {
 
     #[test]
     fn the_shortcut_for_normal_paths_agrees_with_the_rebuild(raw in path_strategy()) {
-        prop_assert_eq!(normalize_path(&raw), rebuild(&raw));
+        prop_assert_eq!(normalize_path(&raw).map(Cow::into_owned), rebuild(&raw));
         if is_normal(&raw) {
             prop_assert_eq!(rebuild(&raw), Ok(raw.clone()));
         }
