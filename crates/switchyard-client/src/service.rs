@@ -245,11 +245,25 @@ impl ServiceClient {
 /// `left` as the value of a time-left field: whole milliseconds, rounded
 /// down (what [`SharedRequest::with_deadline_field`] sends).
 pub fn time_left_value(left: std::time::Duration) -> HeaderValue {
+    thread_local! {
+        // The last value made on this thread: under load nearly every
+        // attempt has the same whole milliseconds left (the route's
+        // timeout), and a copy of a value is a reference count where a new
+        // one is an allocation.
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-    // From the digits: `HeaderValue::from(u64)` makes two allocations where
-    // one does.
-    HeaderValue::from_bytes(itoa::Buffer::new().format(ms).as_bytes())
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    LAST.with_borrow_mut(|last| match last {
+        Some((last_ms, value)) if *last_ms == ms => value.clone(),
+        _ => {
+            let digits = itoa::Buffer::new().format(ms).as_bytes().to_vec();
+            let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(digits))
+                .unwrap_or_else(|_| HeaderValue::from_static("0"));
+            *last = Some((ms, value.clone()));
+            value
+        }
+    })
 }
 
 /// A request for [`ServiceClient`] whose head the attempts of one call share.
@@ -763,4 +777,21 @@ impl Future for ResponseFuture {
 /// nothing reached the upstream, so any request may be retried.
 pub fn is_connect_error(err: &(dyn std::error::Error + 'static)) -> bool {
     TransportError::find(err).is_some_and(TransportError::is_connect)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::time_left_value;
+
+    #[test]
+    fn time_left_is_whole_milliseconds_whichever_value_came_before() {
+        assert_eq!(time_left_value(Duration::from_micros(1_999_999)), "1999");
+        // The same milliseconds again: the remembered value.
+        assert_eq!(time_left_value(Duration::from_millis(1_999)), "1999");
+        assert_eq!(time_left_value(Duration::from_micros(250)), "0");
+        assert_eq!(time_left_value(Duration::from_secs(30)), "30000");
+        assert_eq!(time_left_value(Duration::from_millis(1_999)), "1999");
+    }
 }

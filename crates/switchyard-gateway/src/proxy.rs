@@ -85,6 +85,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
@@ -1156,7 +1157,11 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         *digit = b"0123456789abcdef"[(bits & 0xf) as usize];
         bits >>= 4;
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // Owned by the value's own shared buffer: one allocation, and the
+    // copies sent upstream and back are reference counts (from a copied
+    // slice, the first copy would allocate again).
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Removes the incoming deadline header and returns the deadline it sets.
@@ -1242,8 +1247,21 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
+/// One of [`HOP_BY_HOP`]; asked of every field of every request and
+/// response, so decided by the name's length first (most lengths rule a
+/// name out without comparing a byte).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+    let name = name.as_str();
+    match name.len() {
+        2 => name == "te",
+        7 => name == "trailer" || name == "upgrade",
+        10 => name == "connection" || name == "keep-alive",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        19 => name == "proxy-authorization",
+        _ => false,
+    }
 }
 
 /// Displays an error with its source chain, for logs.

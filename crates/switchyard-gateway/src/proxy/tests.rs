@@ -9,6 +9,31 @@ fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 }
 
 #[test]
+fn hop_by_hop_names_are_exactly_the_listed_ones() {
+    for name in HOP_BY_HOP {
+        assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+    }
+    // Same lengths, one byte off; and common fields.
+    for name in [
+        "tf",
+        "trailex",
+        "upgradx",
+        "connectiox",
+        "keep-alivx",
+        "proxy-connectiox",
+        "transfer-encodinx",
+        "proxy-authenticatx",
+        "proxy-authorizatiox",
+        "trailers",
+        "host",
+        "content-length",
+        "x-forwarded-for",
+    ] {
+        assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+    }
+}
+
+#[test]
 fn hop_by_hop_fields_go_and_te_trailers_stays() {
     let mut headers = map(&[
         ("connection", "keep-alive, X-Secret"),
