@@ -519,7 +519,7 @@ impl Inner {
             };
             let answered = match self.admit(req, &origin, &table, &mut outcome) {
                 Ok(admitted) => self.answer(admitted, &table, &request_id, &outcome).await,
-                Err(problem) => Err(problem),
+                Err(problem) => Err(*problem),
             };
             let mut res = match answered {
                 Ok(res) => res,
@@ -565,13 +565,13 @@ impl Inner {
         origin: &Origin,
         table: &'t RouteTable,
         outcome: &mut Outcome<'t>,
-    ) -> Result<Box<Admitted<'t>>, Problem> {
+    ) -> Result<Box<Admitted<'t>>, Box<Problem>> {
         check_framing(&req)?;
         if req.headers().len() > self.max_headers {
-            return Err(Problem::header_too_large(self.max_headers));
+            return Err(Problem::header_too_large(self.max_headers).into());
         }
         if content_length(req.headers()).is_some_and(|len| len > self.max_body) {
-            return Err(Problem::payload_too_large(self.max_body));
+            return Err(Problem::payload_too_large(self.max_body).into());
         }
 
         let (mut parts, body) = req.into_parts();
@@ -636,7 +636,8 @@ impl Inner {
                             return Err(Problem::route_not_found(&NoRoute {
                                 method: parts.method.clone(),
                                 path: path_and_query.split('?').next().unwrap_or("/").to_owned(),
-                            }));
+                            })
+                            .into());
                         }
                     }
                 }
@@ -672,10 +673,10 @@ impl Inner {
             Cow::Owned(normalized) => Some(normalized),
             Cow::Borrowed(_) => None,
         };
-        // Boxed: the request's future keeps what `admit` returns beside
-        // the answer's future, which keeps it too; two copies of half a
-        // kilobyte, moved whole each time the future is, cost more than
-        // one allocation.
+        // Boxed, and the problem too: the request's future keeps what
+        // `admit` returns beside the answer's future, which keeps it too;
+        // two copies of half a kilobyte (or of a 120-byte problem), moved
+        // whole each time the future is, cost more than one allocation.
         Ok(Box::new(Admitted {
             parts,
             body,
