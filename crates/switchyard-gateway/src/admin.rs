@@ -14,10 +14,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
-use crate::Shared;
+use crate::{
+    Shared,
+    histograms::{MetricsHandle, Recorder},
+};
 
 /// Latency buckets (seconds) for every `*_duration_seconds` histogram.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -25,15 +27,14 @@ const LATENCY_BUCKETS: [f64; 16] = [
     60.0,
 ];
 
-/// The process-wide Prometheus recorder, installed on first use.
-pub(crate) fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The process-wide recorder (Prometheus, with the latency histograms in
+/// fixed buckets: see [`histograms`](crate::histograms)), installed on
+/// first use.
+pub(crate) fn metrics_handle() -> MetricsHandle {
+    static HANDLE: OnceLock<MetricsHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &LATENCY_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
+            let recorder = Recorder::new(&LATENCY_BUCKETS);
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows only what this one sees");

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod auth;
 pub mod compose;
 pub mod config;
+pub mod histograms;
 pub mod limits;
 pub mod paths;
 pub mod problem;
@@ -37,7 +38,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use metrics_exporter_prometheus::PrometheusHandle;
+use histograms::MetricsHandle;
 use switchyard_discovery::StaticDiscovery;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
@@ -84,7 +85,7 @@ pub(crate) struct Shared {
     /// The route table every listener's proxy serves, swapped on reload.
     table: Arc<ArcSwap<RouteTable>>,
     sources: Sources,
-    metrics: PrometheusHandle,
+    metrics: MetricsHandle,
     draining: AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -261,7 +262,8 @@ impl Gateway {
             }
         }
         {
-            // Histogram buckets and idle series are maintained off the request path.
+            // The exporter's upkeep (its idle series and any histogram of its
+            // own) runs off the request path.
             let handle = shared.metrics.clone();
             let mut stop = shutdown.subscribe();
             tasks.spawn(async move {

@@ -94,6 +94,26 @@ async fn proxies_and_reports_metrics_health_and_state() {
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(refused, Some(1.0), "{metrics}");
+    // Latency histograms: cumulative buckets up to `+Inf`, which is the count.
+    assert!(
+        metrics.contains("# TYPE switchyard_request_duration_seconds histogram\n"),
+        "{metrics}"
+    );
+    let value = |prefix: &str, part: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix) && l.contains("service=\"app\"") && l.contains(part))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    let requests = value("switchyard_request_duration_seconds_count{", "");
+    assert!(requests.is_some_and(|n| n >= 1), "{metrics}");
+    assert_eq!(
+        value("switchyard_request_duration_seconds_bucket{", "le=\"+Inf\""),
+        requests,
+        "{metrics}"
+    );
+    let calls = value("switchyard_policy_call_duration_seconds_count{", "");
+    assert!(calls.is_some_and(|n| n >= 1), "{metrics}");
     let (_, _, state) = get(&http, &gw.admin_url("/admin/services")).await;
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
     let app = &state["services"]["app"];
