@@ -214,7 +214,10 @@ pub struct Security {
 pub struct RouteTable {
     router: Router,
     targets: Vec<Target>,
-    sidecar: HashMap<String, Upstream>,
+    /// The services reachable in sidecar mode: index into
+    /// `sidecar_upstreams` by name.
+    sidecar: HashMap<String, usize>,
+    sidecar_upstreams: Vec<Upstream>,
     security: Security,
 }
 
@@ -245,10 +248,16 @@ impl RouteTable {
                 targets.len()
             ));
         }
+        let (sidecar, sidecar_upstreams) = sidecar
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, upstream))| ((name, i), upstream))
+            .unzip();
         Ok(Self {
             router,
             targets,
             sidecar,
+            sidecar_upstreams,
             security,
         })
     }
@@ -449,18 +458,37 @@ enum Routed<'a> {
     Sidecar(&'a Upstream),
 }
 
+/// Where a request goes, by index into its [`RouteTable`]: what the
+/// request's future keeps, since it owns the table it borrows from.
+#[derive(Clone, Copy)]
+enum Dest {
+    /// The route at this index.
+    Route(usize),
+    /// The sidecar service at this index.
+    Sidecar(usize),
+}
+
+impl Dest {
+    fn routed(self, table: &RouteTable) -> Routed<'_> {
+        match self {
+            Dest::Route(i) => Routed::Target(&table.targets[i]),
+            Dest::Sidecar(i) => Routed::Sidecar(&table.sidecar_upstreams[i]),
+        }
+    }
+}
+
 /// A request that passed [`Inner::admit`]: where it goes and what is left
 /// of it to send.
 ///
 /// Nothing of the path is copied in the usual case: `normalized` and
 /// `rewritten` are set only when normalizing or a rewrite changed it, and
 /// `params` only for a composition.
-struct Admitted<'t> {
+struct Admitted {
     parts: http::request::Parts,
     body: Body,
     /// The path and query when normalizing changed them.
     normalized: Option<String>,
-    target: Routed<'t>,
+    dest: Dest,
     /// The path and query to send when a rewrite made them.
     rewritten: Option<String>,
     /// The path parameters, for a composition.
@@ -470,7 +498,7 @@ struct Admitted<'t> {
     peer: Option<SocketAddr>,
 }
 
-impl Admitted<'_> {
+impl Admitted {
     /// The request's path and query as normalized (and matched).
     fn path_and_query(&self) -> &str {
         self.normalized
@@ -491,6 +519,32 @@ struct Outcome<'t> {
     service: &'t str,
 }
 
+impl<'t> Outcome<'t> {
+    /// The labels of a request that went to `dest`, if it got that far.
+    fn of(dest: Option<Dest>, table: &'t RouteTable) -> Self {
+        let route = match dest {
+            None => "-",
+            Some(Dest::Route(i)) => table.router.name(i).unwrap_or("-"),
+            Some(Dest::Sidecar(_)) => "sidecar",
+        };
+        let service = match dest.map(|d| d.routed(table)) {
+            None => "-",
+            Some(Routed::Target(Target {
+                handler: Handler::Compose(_),
+                ..
+            })) => "compose",
+            Some(
+                Routed::Target(Target {
+                    handler: Handler::Proxy(u),
+                    ..
+                })
+                | Routed::Sidecar(u),
+            ) => &u.service,
+        };
+        Self { route, service }
+    }
+}
+
 impl Inner {
     // Not `async fn`, here and in `answer` and `forward`: an async fn
     // copies its arguments into its body, and the future keeps both copies
@@ -504,20 +558,21 @@ impl Inner {
         req: Request<Body>,
         origin: Origin,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
+        let start = switchyard_policy::clock::now();
+        let request_id = request_id(req.headers());
+        let version = req.version();
+        // Only kept for the log line when it will be written.
+        let logged = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        // Keep this table for the whole request, whatever a reload does.
+        let table = self.table.load_full();
+        // Admitted before the future is made, so that it doesn't keep the
+        // request and its origin (350 bytes) for its whole life.
+        let mut dest = None;
+        let admitted = self.admit(req, &origin, &table, &mut dest);
         async move {
-            let start = switchyard_policy::clock::now();
-            let request_id = request_id(req.headers());
-            let version = req.version();
-            // Only kept for the log line when it will be written.
-            let logged = tracing::enabled!(tracing::Level::DEBUG)
-                .then(|| (req.method().clone(), req.uri().path().to_owned()));
-            // Keep this table for the whole request, whatever a reload does.
-            let table = self.table.load_full();
-            let mut outcome = Outcome {
-                route: "-",
-                service: "-",
-            };
-            let answered = match self.admit(req, &origin, &table, &mut outcome) {
+            let outcome = Outcome::of(dest, &table);
+            let answered = match admitted {
                 Ok(admitted) => self.answer(admitted, &table, &request_id, &outcome).await,
                 Err(problem) => Err(*problem),
             };
@@ -559,13 +614,15 @@ impl Inner {
     /// the waiting part ([`answer`](Self::answer)) so that the request
     /// future holds none of it: a future is as large as everything it keeps
     /// across its awaits, and it is moved whole as it is built and boxed.
-    fn admit<'t>(
+    /// `dest` is set once the request is routed (its metric labels), also
+    /// when it is refused after that.
+    fn admit(
         &self,
         req: Request<Body>,
         origin: &Origin,
-        table: &'t RouteTable,
-        outcome: &mut Outcome<'t>,
-    ) -> Result<Box<Admitted<'t>>, Box<Problem>> {
+        table: &RouteTable,
+        dest: &mut Option<Dest>,
+    ) -> Result<Box<Admitted>, Box<Problem>> {
         check_framing(&req)?;
         if req.headers().len() > self.max_headers {
             return Err(Problem::header_too_large(self.max_headers).into());
@@ -590,7 +647,7 @@ impl Inner {
             .map_err(|err| Problem::bad_request(format!("the request path is refused: {err}")))?;
 
         // In a block: the match borrows the path, which `Admitted` takes.
-        let (target, rewritten, params, retry_non_idempotent) = {
+        let (to, target, rewritten, params, retry_non_idempotent) = {
             let matched = table.router.route(
                 &self.listener,
                 &parts.method,
@@ -601,7 +658,6 @@ impl Inner {
             match matched {
                 Some(m) => {
                     let index = m.index();
-                    outcome.route = table.router.name(index).unwrap_or("-");
                     let target = &table.targets[index];
                     let params = match target.handler {
                         Handler::Compose(_) => m
@@ -612,6 +668,7 @@ impl Inner {
                         Handler::Proxy(_) => Vec::new(),
                     };
                     (
+                        Dest::Route(index),
                         Routed::Target(target),
                         match m.into_upstream_path() {
                             Cow::Owned(rewritten) => Some(rewritten),
@@ -628,10 +685,13 @@ impl Inner {
                         .flatten()
                         .and_then(|name| table.sidecar.get(name));
                     match named {
-                        Some(upstream) => {
-                            outcome.route = "sidecar";
-                            (Routed::Sidecar(upstream), None, Vec::new(), false)
-                        }
+                        Some(&index) => (
+                            Dest::Sidecar(index),
+                            Routed::Sidecar(&table.sidecar_upstreams[index]),
+                            None,
+                            Vec::new(),
+                            false,
+                        ),
                         None => {
                             return Err(Problem::route_not_found(&NoRoute {
                                 method: parts.method.clone(),
@@ -643,17 +703,8 @@ impl Inner {
                 }
             }
         };
-        outcome.service = match target {
-            Routed::Target(Target {
-                handler: Handler::Compose(_),
-                ..
-            }) => "compose",
-            Routed::Target(Target {
-                handler: Handler::Proxy(u),
-                ..
-            })
-            | Routed::Sidecar(u) => &u.service,
-        };
+        // The labels name the route from here on, whatever happens next.
+        *dest = Some(to);
 
         // Authentication and authorization.
         let peer_cert = origin.identity.as_ref().map(|p| p.0.as_str());
@@ -681,7 +732,7 @@ impl Inner {
             parts,
             body,
             normalized,
-            target,
+            dest: to,
             rewritten,
             params,
             retry_non_idempotent,
@@ -699,7 +750,7 @@ impl Inner {
     #[allow(clippy::manual_async_fn)] // see `handle`
     fn answer<'a, 't: 'a>(
         &'a self,
-        mut admitted: Box<Admitted<'t>>,
+        mut admitted: Box<Admitted>,
         table: &'t RouteTable,
         request_id: &'a HeaderValue,
         outcome: &'a Outcome<'t>,
@@ -736,7 +787,7 @@ impl Inner {
                 );
             }
 
-            let response = match admitted.target {
+            let response = match admitted.dest.routed(table) {
                 // Boxed for the same reason: compositions are the rare route.
                 Routed::Target(Target {
                     handler: Handler::Compose(route),
@@ -818,7 +869,7 @@ impl Inner {
     fn upstream_request(
         &self,
         upstream: &Upstream,
-        admitted: Box<Admitted<'_>>,
+        admitted: Box<Admitted>,
         request_id: &HeaderValue,
     ) -> Result<Outbound, Problem> {
         let Admitted {
