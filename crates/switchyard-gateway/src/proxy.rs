@@ -756,8 +756,10 @@ impl Inner {
         outcome: &'a Outcome<'t>,
     ) -> impl Future<Output = Result<Response<Body>, Problem>> + Send + 'a {
         async move {
-            // Call limits; boxed, so that a listener without limits doesn't
-            // carry the check's state in every request's future.
+            // Call limits; the check and its permit boxed, so that a listener
+            // without limits doesn't carry their state (100 bytes for the
+            // permit, kept across the upstream call) in every request's
+            // future.
             let permit = match &table.security.limits {
                 Some(limits) if !limits.is_empty() => {
                     let peer = admitted.peer;
@@ -770,11 +772,11 @@ impl Inner {
                         identity: admitted.identity.as_ref().map(|i| i.subject.as_str()),
                         client_ip,
                     };
-                    Some(
+                    Some(Box::new(
                         Box::pin(limits.check(&ctx))
                             .await
                             .map_err(|rejection| Problem::call_limited(&rejection))?,
-                    )
+                    ))
                 }
                 _ => None,
             };
@@ -824,7 +826,7 @@ impl Inner {
                 // Concurrency slots are held until the response body is sent.
                 response
                     .extensions_mut()
-                    .insert(crate::server::HoldUntilSent::new(permit));
+                    .insert(crate::server::HoldUntilSent::new(*permit));
             }
             Ok(response)
         }
