@@ -8,7 +8,8 @@
 #   build_switchyard           sets SY ($SWITCHYARD_BIN or a fresh release build)
 #   free_ports N               prints N distinct free loopback ports
 #   wait_http NAME URL PID [CURL_ARGS...]   waits until URL answers 2xx
-#   cpu_ticks PID / rss_kb PID  CPU ticks / RSS of a process and its children
+#   cpu_ticks PID [user] / rss_kb PID  CPU ticks (user+system, or user only) / RSS
+#                               of a process and its children
 #   rotate ROUND NAMES...      NAMES in an order rotated by ROUND
 # shellcheck shell=bash
 
@@ -74,10 +75,11 @@ wait_http() { # name url pid [curl args...]
     die "$name did not answer on $url within 10s"
 }
 
-cpu_ticks() { # pid → user+system CPU ticks of the process and its direct children
-    local total=0 p v
+cpu_ticks() { # pid [user] → user+system (or user only) CPU ticks of the process and its direct children
+    local total=0 p v field='$14 + $15'
+    [ "${2:-}" = user ] && field='$14'
     for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        v=$(awk "{print $field}" "/proc/$p/stat" 2>/dev/null || echo 0)
         total=$((total + ${v:-0}))
     done
     echo "$total"

@@ -324,10 +324,11 @@ done
 for r in $(seq 1 "$ROUNDS"); do
     for t in $(rotate "$r" "${TARGETS[@]}"); do
         log "throughput round $r/$ROUNDS: $t (wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s)"
-        c0=$(cpu_ticks "${PID[$t]}")
+        c0=$(cpu_ticks "${PID[$t]}"); u0=$(cpu_ticks "${PID[$t]}" user)
         wrk -t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --latency \
             "http://127.0.0.1:${PORT[$t]}/" >"$RES/tput/$t.$r.txt"
         echo $(($(cpu_ticks "${PID[$t]}") - c0)) >"$RES/tput/$t.$r.cpu"
+        echo $(($(cpu_ticks "${PID[$t]}" user) - u0)) >"$RES/tput/$t.$r.user"
         grep -E 'Requests/sec' "$RES/tput/$t.$r.txt" >&2 || true
     done
 done

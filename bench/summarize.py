@@ -131,7 +131,8 @@ def main() -> int:
     p(
         "CPU µs/request: user+system CPU time of the target's own processes (the backend "
         "for `direct`) during the wrk rounds, divided by the requests answered; less "
-        "sensitive to other load than requests/s."
+        "sensitive to other load than requests/s. Of it user: the part spent in user space "
+        "(the kernel's share, the same system calls for every proxy, moves with the machine)."
     )
     p("")
 
@@ -140,11 +141,12 @@ def main() -> int:
     for t in targets:
         files = sorted((res / "tput").glob(f"{t}.*.txt"))
         runs = [parse_wrk(f) for f in files]
-        cpu_us = []
+        cpu_us, user_us = [], []
         for f, r in zip(files, runs):
-            ticks = f.with_suffix(".cpu")
-            if ticks.exists() and r.get("requests"):
-                cpu_us.append(int(ticks.read_text()) / int(meta["clk_tck"]) * 1e6 / r["requests"])
+            for suffix, into in ((".cpu", cpu_us), (".user", user_us)):
+                ticks = f.with_suffix(suffix)
+                if ticks.exists() and r.get("requests"):
+                    into.append(int(ticks.read_text()) / int(meta["clk_tck"]) * 1e6 / r["requests"])
         tput[t] = {
             "by_round": {
                 int(f.name.split(".")[-2]): r["rps"] for f, r in zip(files, runs) if r["rps"]
@@ -155,6 +157,7 @@ def main() -> int:
             "non2xx": sum(r["non2xx"] for r in runs),
             "p99": median([r["pct"].get("p99") for r in runs]),
             "cpu_us": median(cpu_us),
+            "user_us": median(user_us),
         }
     p(
         f"**Throughput** — wrk, {meta['conns']} connections, {meta['wrk_threads']} thread, "
@@ -162,9 +165,9 @@ def main() -> int:
     )
     p("")
     head = "| target | req/s (median) | rounds | " + " | ".join(f"vs {r}" for r in refs)
-    head += " | CPU µs/request | wrk p99 (ms, closed loop) | errors / non-2xx |"
+    head += " | CPU µs/request | of it user | wrk p99 (ms, closed loop) | errors / non-2xx |"
     p(head)
-    p("|" + " --- |" * (6 + len(refs)))
+    p("|" + " --- |" * (7 + len(refs)))
     for t in targets:
         d = tput[t]
         rounds = ", ".join(f"{x:.0f}" for x in d["rounds"] if x is not None)
@@ -173,6 +176,7 @@ def main() -> int:
         p(
             f"| {t} | {med} | {rounds} | " + " | ".join(cells)
             + f" | {'n/a' if d['cpu_us'] is None else format(d['cpu_us'], '.1f')}"
+            + f" | {'n/a' if d['user_us'] is None else format(d['user_us'], '.1f')}"
             + f" | {ms(d['p99'])} | {d['errors']} / {d['non2xx']} |"
         )
     p("")
@@ -285,7 +289,10 @@ def main() -> int:
                 p(f"- {sy}/{r} throughput: {ratio(tput[sy]['median'], tput[r]['median'])}{pair}")
         for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd"):
             if r in targets:
-                p(f"- {sy}/{r} CPU per request: {ratio(tput[sy]['cpu_us'], tput[r]['cpu_us'])}")
+                p(
+                    f"- {sy}/{r} CPU per request: {ratio(tput[sy]['cpu_us'], tput[r]['cpu_us'])}"
+                    f" (user {ratio(tput[sy]['user_us'], tput[r]['user_us'])})"
+                )
         for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd"):
             if r in targets and "p99" in lat[sy]:
                 pair = paired_note(paired(lat[sy]["p99_by_round"], lat[r]["p99_by_round"]))
