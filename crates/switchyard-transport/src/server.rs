@@ -527,9 +527,10 @@ fn parse_request(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| Refusal::bad("invalid request target"))?;
-    // Room for the fields a proxy adds (X-Forwarded-*, request id, the
-    // deadline) without growing the map per request.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 6);
+    // Room for a field or two a handler may add (a proxy sends its own
+    // fields beside the map, but inserts the identity it forwards) without
+    // growing the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     for (name, range) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| Refusal::bad(format!("invalid value for header {name}")))?;
