@@ -182,25 +182,20 @@ impl Histograms {
             let mut total = 0;
             for (i, count) in series.counts.iter().enumerate() {
                 total += count.load(Ordering::Relaxed);
-                match series.bounds.get(i) {
-                    Some(le) => {
-                        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {total}");
-                    }
-                    None => {
-                        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
-                    }
-                }
+                let le = series
+                    .bounds
+                    .get(i)
+                    .map_or("+Inf".to_owned(), f64::to_string);
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {total}");
             }
             let sum = series.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-            let braces = |labels: &str| {
-                if labels.is_empty() {
-                    String::new()
-                } else {
-                    format!("{{{labels}}}")
-                }
+            let braced = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
             };
-            let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
-            let _ = writeln!(out, "{name}_count{} {total}", braces(labels));
+            let _ = writeln!(out, "{name}_sum{braced} {sum}");
+            let _ = writeln!(out, "{name}_count{braced} {total}");
         }
         out
     }

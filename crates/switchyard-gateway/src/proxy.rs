@@ -647,7 +647,7 @@ impl Inner {
             .map_err(|err| Problem::bad_request(format!("the request path is refused: {err}")))?;
 
         // In a block: the match borrows the path, which `Admitted` takes.
-        let (to, target, rewritten, params, retry_non_idempotent) = {
+        let (to, rewritten, params, retry_non_idempotent) = {
             let matched = table.router.route(
                 &self.listener,
                 &parts.method,
@@ -669,7 +669,6 @@ impl Inner {
                     };
                     (
                         Dest::Route(index),
-                        Routed::Target(target),
                         match m.into_upstream_path() {
                             Cow::Owned(rewritten) => Some(rewritten),
                             Cow::Borrowed(_) => None,
@@ -685,13 +684,7 @@ impl Inner {
                         .flatten()
                         .and_then(|name| table.sidecar.get(name));
                     match named {
-                        Some(&index) => (
-                            Dest::Sidecar(index),
-                            Routed::Sidecar(&table.sidecar_upstreams[index]),
-                            None,
-                            Vec::new(),
-                            false,
-                        ),
+                        Some(&index) => (Dest::Sidecar(index), None, Vec::new(), false),
                         None => {
                             return Err(Problem::route_not_found(&NoRoute {
                                 method: parts.method.clone(),
@@ -705,6 +698,7 @@ impl Inner {
         };
         // The labels name the route from here on, whatever happens next.
         *dest = Some(to);
+        let target = to.routed(table);
 
         // Authentication and authorization.
         let peer_cert = origin.identity.as_ref().map(|p| p.0.as_str());
