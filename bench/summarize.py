@@ -8,6 +8,7 @@ Reads tput/<target>.<round>.txt (wrk), lat/<target>.<round>.json (oha) or
 """
 
 import json
+import math
 import re
 import statistics
 import sys
@@ -95,11 +96,28 @@ def paired_table(p, intro: str, targets: list, refs: list, by_round) -> None:
     p("")
 
 
-def paired_note(xs: list) -> str:
+def sign_test(xs: list, ahead_above: bool) -> str:
+    """How many rounds Switchyard was ahead in (a ratio above 1 when
+    `ahead_above`, below 1 otherwise), and the two-sided sign test's p:
+    the chance of a split at least that uneven if neither target were
+    ahead. Rounds with a ratio of exactly 1 count for neither."""
+    ahead = sum(1 for x in xs if (x > 1 if ahead_above else x < 1))
+    behind = sum(1 for x in xs if (x < 1 if ahead_above else x > 1))
+    n = ahead + behind
+    if n == 0:
+        return "no round decided"
+    tail = sum(math.comb(n, i) for i in range(min(ahead, behind) + 1)) / 2**n
+    return f"ahead in {ahead} of {n}, sign test p={min(1.0, 2 * tail):.2f}"
+
+
+def paired_note(xs: list, ahead_above: bool = True) -> str:
     """The headline's note on paired ratios, empty without any."""
     if not xs:
         return ""
-    return f" (paired by round: median {statistics.median(xs):.2f}, {xs[0]:.2f}–{xs[-1]:.2f} over {len(xs)} rounds)"
+    return (
+        f" (paired by round: median {statistics.median(xs):.2f}, {xs[0]:.2f}–{xs[-1]:.2f}"
+        f" over {len(xs)} rounds; {sign_test(xs, ahead_above)})"
+    )
 
 
 def ms(x):
@@ -295,7 +313,9 @@ def main() -> int:
                 )
         for r in ("haproxy", "nginx", "haproxy-fwd", "nginx-fwd"):
             if r in targets and "p99" in lat[sy]:
-                pair = paired_note(paired(lat[sy]["p99_by_round"], lat[r]["p99_by_round"]))
+                pair = paired_note(
+                    paired(lat[sy]["p99_by_round"], lat[r]["p99_by_round"]), ahead_above=False
+                )
                 p(f"- {sy}/{r} p99 at the fixed rate: {ratio(lat[sy]['p99'], lat[r]['p99'])}{pair}")
         if sy in mem and "haproxy" in mem and "nginx" in mem:
             def per(t):
