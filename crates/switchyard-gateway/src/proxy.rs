@@ -1250,9 +1250,25 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1), keeping `te: trailers`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry at most `Connection: keep-alive`: one pass over
-    // the names decides whether there is anything to do, and only the
-    // fields present are removed (each removal is a hash lookup).
-    if !headers.keys().any(is_hop_by_hop) {
+    // the fields decides whether there is anything to do, and whether that
+    // is all there is (then one removal does it); otherwise only the fields
+    // present are removed (each removal is a hash lookup).
+    let (mut hop_by_hop, mut only_keep_alive) = (false, true);
+    for (name, value) in headers.iter() {
+        if is_hop_by_hop(name) {
+            hop_by_hop = true;
+            only_keep_alive &= *name == header::CONNECTION
+                && value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .all(|token| token.trim_ascii().eq_ignore_ascii_case(b"keep-alive"));
+        }
+    }
+    if !hop_by_hop {
+        return;
+    }
+    if only_keep_alive {
+        headers.remove(header::CONNECTION);
         return;
     }
     let named: Vec<HeaderName> = headers

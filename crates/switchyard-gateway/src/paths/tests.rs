@@ -137,6 +137,14 @@ fn the_query_is_not_touched() {
     );
 }
 
+#[test]
+fn the_query_starts_at_the_first_question_mark() {
+    assert_eq!(split_query("/a?b?c"), ("/a", Some("b?c")));
+    assert_eq!(split_query("/a?"), ("/a", Some("")));
+    assert_eq!(split_query("/a"), ("/a", None));
+    assert_eq!(split_query(""), ("", None));
+}
+
 fn path_strategy() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         Just("/".to_owned()),

@@ -138,6 +138,9 @@ fn host_is_case_insensitive_and_ignores_the_port() {
     assert_eq!(at(None), 1);
     assert_eq!(strip_port("[::1]:80"), "[::1]");
     assert_eq!(strip_port("[::1]"), "[::1]");
+    assert_eq!(strip_port("example.com:"), "example.com");
+    assert_eq!(strip_port("example.com:http"), "example.com:http");
+    assert_eq!(strip_port("a:1:2"), "a:1");
 }
 
 #[test]
