@@ -235,6 +235,7 @@ impl Router {
         headers: &HeaderMap,
     ) -> Option<RouteMatch<'a>> {
         let (path_only, _) = split_query(path);
+        let host = host.map(strip_port);
         let accepts =
             |route: &CompiledRoute| route.serves(listener) && route.accepts(method, host, headers);
 
@@ -328,8 +329,7 @@ impl CompiledRoute {
             return false;
         }
         if let Some(want) = &self.host {
-            // The port is stripped here, for the routes that name a host.
-            match host.map(strip_port) {
+            match host {
                 Some(h) if h.eq_ignore_ascii_case(want) => {}
                 _ => return false,
             }
