@@ -11,6 +11,7 @@
 #   cpu_ticks PID [user] / rss_kb PID  CPU ticks (user+system, or user only) / RSS
 #                               of a process and its children
 #   rotate ROUND NAMES...      NAMES in an order rotated by ROUND
+#   stop_pids PID...           TERM, up to 5 s to exit, then KILL
 # shellcheck shell=bash
 
 log() { printf '[%s %s] %s\n' "${BENCH_NAME:-bench}" "$(date +%H:%M:%S)" "$*" >&2; }
@@ -92,6 +93,19 @@ rss_kb() { # pid → RSS of the process and its direct children, in KiB
         total=$((total + ${v:-0}))
     done
     echo "$total"
+}
+
+stop_pids() { # pid... → TERM first (an nginx master killed outright leaves
+    # its worker behind), up to 5 s to exit, then KILL
+    local pid i alive
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for i in $(seq 1 50); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
 
 rotate() { # round names... → the names in an order rotated by round

@@ -86,6 +86,8 @@ fi
 BENCH_NAME=proxy.sh
 # shellcheck source=bench/lib.sh
 . "$HERE/lib.sh"
+# shellcheck source=bench/configs.sh
+. "$HERE/configs.sh"
 
 # ---------------------------------------------------------------- tools
 ensure_apt wrk=wrk haproxy=haproxy nginx=nginx-light curl=curl
@@ -106,15 +108,7 @@ RES="$TMP/results"
 mkdir -p "$RES/tput" "$RES/lat" "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs" "$TMP/nginx-fwd/logs"
 PIDS=()
 cleanup() {
-    local pid i
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for i in $(seq 1 50); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    stop_pids "${PIDS[@]}"
     if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -125,57 +119,8 @@ read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN P_SYB P_SY
 
 MAXCONN=$((IDLE_CONNS + 500))
 
-cat >"$TMP/nginx-backend.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/nginx-backend.pid;
-error_log $TMP/nginx-backend/logs/error.log warn;
-worker_rlimit_nofile $FDS;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    client_body_temp_path $TMP/nginx-backend/body;
-    proxy_temp_path $TMP/nginx-backend/proxy;
-    server {
-        listen 127.0.0.1:$P_BACKEND backlog=4096;
-        location / { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
+nginx_backend_config >"$TMP/nginx-backend.conf"
 
-nginx_proxy_config() { # name port extra_location_lines
-    cat <<EOF
-worker_processes $WORKERS;
-daemon off;
-pid $TMP/$1.pid;
-error_log $TMP/$1/logs/error.log warn;
-worker_rlimit_nofile $FDS;
-events { worker_connections $MAXCONN; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    client_body_temp_path $TMP/$1/body;
-    proxy_temp_path $TMP/$1/proxy;
-    upstream backend {
-        server 127.0.0.1:$P_BACKEND;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$2 backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-$3
-        }
-    }
-}
-EOF
-}
 nginx_proxy_config nginx-proxy "$P_NGINX" "" >"$TMP/nginx-proxy.conf"
 # The same header work as Switchyard's defaults (the time-left field aside).
 nginx_proxy_config nginx-fwd "$P_NGINXF" '
@@ -186,32 +131,6 @@ nginx_proxy_config nginx-fwd "$P_NGINXF" '
             proxy_set_header X-Request-ID $request_id;
             add_header X-Request-ID $request_id always;' >"$TMP/nginx-fwd.conf"
 
-haproxy_config() { # port extra_backend_lines
-    cat <<EOF
-global
-    nbthread $WORKERS
-    maxconn $MAXCONN
-    # HAProxy reserves two descriptors per connection; the hard limit here
-    # (20000) is below that for 10k connections, and idle client connections
-    # hold only one, so warn instead of refusing to start.
-    no strict-limits
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 1s
-    timeout client 120s
-    timeout server 10s
-    timeout http-request 10s
-    timeout http-keep-alive 120s
-frontend fe
-    bind 127.0.0.1:$1
-    default_backend be
-backend be
-    server backend 127.0.0.1:$P_BACKEND
-$2
-EOF
-}
 haproxy_config "$P_HAPROXY" "" >"$TMP/haproxy.cfg"
 haproxy_config "$P_HAPROXYF" '    option forwardfor
     http-request set-header X-Forwarded-Proto http
@@ -220,27 +139,6 @@ haproxy_config "$P_HAPROXYF" '    option forwardfor
     http-request set-header X-Request-ID %[unique-id]
     http-response set-header X-Request-ID %[unique-id]' >"$TMP/haproxy-fwd.cfg"
 
-# Switchyard: defaults everywhere except where it listens and how many
-# client connections it accepts (raised so IDLE_CONNS fit).
-sy_config() { # port admin_port extra_service_toml
-    cat <<EOF
-[admin]
-listen = "127.0.0.1:$2"
-
-[[listeners]]
-name = "bench"
-listen = "127.0.0.1:$1"
-max_connections = $MAXCONN
-
-[services.backend]
-endpoints = ["127.0.0.1:$P_BACKEND"]
-$3
-[[routes]]
-name = "all"
-path = "/{*rest}"
-service = "backend"
-EOF
-}
 sy_config "$P_SY" "$P_SY_ADMIN" "" >"$TMP/switchyard.toml"
 sy_config "$P_SYB" "$P_SYB_ADMIN" "" >"$TMP/switchyard-baseline.toml"
 sy_config "$P_SYN" "$P_SYN_ADMIN" '

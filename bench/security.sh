@@ -67,10 +67,7 @@ RES="$TMP/results"
 mkdir -p "$RES" "$TMP/nginx/logs"
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    stop_pids "${PIDS[@]}"
     if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# bench/instructions.sh — the user-space work of one proxied request, counted
+# rather than timed: instructions per request and the machine code a request
+# runs through, for HAProxy, nginx and Switchyard under callgrind.
+#
+#   bench/instructions.sh            about three minutes
+#
+# Why: bench/proxy.sh times the proxies on a shared machine, where a
+# difference of a few percent needs many rounds to tell from noise.
+# Instruction counts do not move with the machine's load, so one run shows
+# whether a change made the request path cheaper, and by how much against
+# the same reference proxies. They leave out the kernel (system calls are
+# the same for the three: see docs/performance.md) and what an instruction
+# costs (cache misses, branches), so they complement proxy.sh, not replace it.
+#
+# What it does, on 127.0.0.1 only: the backend (nginx, `return 200 "ok\n"`,
+# not under valgrind) and, one after the other, each proxy with one worker
+# under `valgrind --tool=callgrind`, configured as in bench/proxy.sh
+# (bench/configs.sh). Counting starts (`callgrind_control -i on`) once the
+# proxy has answered a request and stops after the load, so start-up and
+# shutdown are left out. Load: `wrk -t1 -c8 -dDURATION s` (closed loop; a
+# proxy runs some 50 times slower under valgrind). Per proxy:
+#
+#   instructions/request  instructions the proxy's processes executed over
+#                         the requests wrk had answered
+#   hot code (KiB)        distinct 64-byte lines of machine code executed at
+#                         least once per request on average: what a request
+#                         needs back in the instruction cache after other
+#                         processes ran in between
+#
+# Knobs (environment): DURATION (10), SWITCHYARD_BIN (skip the cargo build),
+# KEEP_TMP=1 (keep the callgrind files, for callgrind_annotate).
+#
+# Installs what it needs when missing: `apt-get install valgrind haproxy
+# nginx-light wrk`.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "instructions.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+DURATION=${DURATION:-10}
+WORKERS=1
+MAXCONN=1000
+
+BENCH_NAME=instructions.sh
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+# shellcheck source=bench/configs.sh
+. "$HERE/configs.sh"
+
+ensure_apt valgrind=valgrind wrk=wrk haproxy=haproxy nginx=nginx-light curl=curl
+command -v python3 >/dev/null || die "python3 is needed (the summary)"
+build_switchyard
+
+FDS=$(ulimit -n)
+TMP=$(mktemp -d /tmp/switchyard-instructions.XXXXXX)
+mkdir -p "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs"
+PIDS=()
+cleanup() {
+    stop_pids "${PIDS[@]}"
+    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN < <(free_ports 5)
+nginx_backend_config >"$TMP/nginx-backend.conf"
+nginx_proxy_config nginx-proxy "$P_NGINX" "" >"$TMP/nginx-proxy.conf"
+haproxy_config "$P_HAPROXY" "" >"$TMP/haproxy.cfg"
+sy_config "$P_SY" "$P_SY_ADMIN" "" >"$TMP/switchyard.toml"
+"$SY" config check "$TMP/switchyard.toml" >&2 || die "switchyard config rejected"
+
+log "starting backend (nginx) on :$P_BACKEND"
+nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
+PIDS+=($!)
+wait_http backend "http://127.0.0.1:$P_BACKEND/" "$!"
+
+# Runs one proxy under callgrind, counts a load, stops it; adds
+# "name requests callgrind-file..." to $TMP/results for the summary.
+measure() { # name port stop_signal command...
+    local name=$1 port=$2 signal=$3 pid i requests
+    shift 3
+    valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes \
+        --compress-pos=no --compress-strings=no \
+        --callgrind-out-file="$TMP/callgrind.$name.%p" "$@" \
+        >"$TMP/$name.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    # Slow under valgrind: up to a minute to answer.
+    for i in $(seq 1 120); do
+        curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$port/" && break
+        kill -0 "$pid" 2>/dev/null || die "$name exited at start (see $TMP/$name.log)"
+        sleep 0.5
+    done
+    curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$port/" || die "$name did not answer on :$port"
+    callgrind_control -i on >/dev/null 2>&1
+    requests=$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+    callgrind_control -i off >/dev/null 2>&1
+    kill -"$signal" "$pid"
+    for i in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$pid" 2>/dev/null && die "$name did not stop on SIG$signal"
+    [ -n "$requests" ] || die "wrk got no answer from $name"
+    echo "$name $requests $(ls "$TMP"/callgrind."$name".*)" >>"$TMP/results"
+}
+
+log "haproxy under callgrind (${DURATION}s of wrk -t1 -c8)"
+measure haproxy "$P_HAPROXY" TERM haproxy -db -f "$TMP/haproxy.cfg"
+log "nginx under callgrind"
+# Its one worker in the foreground process: callgrind follows no fork here.
+measure nginx "$P_NGINX" QUIT nginx -p "$TMP/nginx-proxy" -c "$TMP/nginx-proxy.conf" -e stderr \
+    -g "master_process off;"
+log "switchyard under callgrind"
+TOKIO_WORKER_THREADS=1 measure switchyard "$P_SY" TERM "$SY" serve -c "$TMP/switchyard.toml"
+
+python3 - "$TMP/results" <<'EOF'
+import collections, sys
+
+rows = {}
+for line in open(sys.argv[1]):
+    name, requests, *files = line.split()
+    requests = int(requests)
+    total = 0
+    executed = collections.Counter()  # instruction address → executions
+    for path in files:
+        skip = False
+        for text in open(path, errors="replace"):
+            if text.startswith("totals:"):
+                total += int(text.split()[1])
+            # The line after `calls=` carries the callee's inclusive cost.
+            if skip:
+                skip = False
+                continue
+            if text.startswith("calls="):
+                skip = True
+            elif text.startswith("0x"):
+                fields = text.split()
+                if len(fields) >= 3:
+                    executed[int(fields[0], 16)] += int(fields[2])
+    # A line of code runs as often as its most executed instruction.
+    lines = collections.Counter()
+    for address, count in executed.items():
+        lines[address >> 6] = max(lines[address >> 6], count)
+    hot = sum(1 for count in lines.values() if count >= requests)
+    rows[name] = (requests, total / requests, hot * 64 / 1024)
+
+print("| proxy | requests | instructions/request | vs haproxy | vs nginx | hot code (KiB) |")
+print("| --- | --- | --- | --- | --- | --- |")
+haproxy, nginx = rows["haproxy"][1], rows["nginx"][1]
+for name, (requests, per, hot) in rows.items():
+    print(f"| {name} | {requests} | {per:,.0f} | {per / haproxy:.2f} | {per / nginx:.2f} | {hot:.0f} |")
+EOF
