@@ -335,15 +335,11 @@ where
             peer,
         } = self;
         let h1 = WithConnection::new(&handler, peer, identity.clone());
-        let sent = drain_rx.clone();
-        let drain = Drain::new(
-            async {
-                if drain_rx.wait_for(|draining| *draining).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            },
-            sent,
-        );
+        let drain = async {
+            if drain_rx.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         // Requests refused from their head never reach the proxy; they are
         // counted in the same series as its answers (route and service `-`).
         let refuse = |refusal: Refusal| {
@@ -505,62 +501,6 @@ impl<H: Service<Request<Body>>> Service<Request<Body>> for WithConnection<H> {
 }
 
 // === impl Rewind ===
-
-pin_project! {
-    /// The drain signal as the HTTP/1.1 server polls it: before each wait
-    /// for a request and after each answer, so twice per request.
-    ///
-    /// Ours because re-polling tokio's `watch` wait takes the channel's
-    /// lock every time (about 275 instructions, 2% of a proxied request,
-    /// twice over). While nothing was sent on the channel since the last
-    /// poll and the task's waker is the one that poll registered, the
-    /// answer can only be "not yet", and this gives it without polling.
-    struct Drain<F> {
-        #[pin]
-        wait: F,
-        // A receiver of the same channel, to see a send without a lock.
-        sent: watch::Receiver<bool>,
-        // The waker `wait` was last polled with.
-        registered: Option<std::task::Waker>,
-    }
-}
-
-impl<F> Drain<F> {
-    fn new(wait: F, sent: watch::Receiver<bool>) -> Self {
-        Self {
-            wait,
-            sent,
-            registered: None,
-        }
-    }
-}
-
-impl<F: Future<Output = ()>> Future for Drain<F> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        // `has_changed` fails once the sender is gone: `wait` decides then.
-        let quiet = matches!(this.sent.has_changed(), Ok(false));
-        if quiet
-            && this
-                .registered
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            return Poll::Pending;
-        }
-        // Seen from here on: the next send is what `has_changed` reports.
-        this.sent.mark_unchanged();
-        match this.wait.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(()),
-            Poll::Pending => {
-                *this.registered = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
 
 pin_project! {
     /// A connection whose first bytes were already read: they are read
@@ -789,73 +729,6 @@ mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
-
-    /// Polls after which nothing was sent stay pending (the later ones
-    /// without polling the wait), and a send is seen by the next poll,
-    /// whichever waker it comes with; a drain begun before the first poll
-    /// is seen by it.
-    #[test]
-    fn the_drain_signal_is_seen_by_the_first_poll_after_it() {
-        let wait = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|draining| *draining).await;
-        };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let (tx, rx) = watch::channel(false);
-        let mut drain = pin!(Drain::new(wait(rx.clone()), rx));
-        for _ in 0..3 {
-            assert!(drain.as_mut().poll(&mut cx).is_pending());
-        }
-        tx.send(true).unwrap();
-        assert!(drain.as_mut().poll(&mut cx).is_ready());
-
-        // Registered with one waker, polled with another after the send.
-        let (tx, rx) = watch::channel(false);
-        let mut drain = pin!(Drain::new(wait(rx.clone()), rx));
-        assert!(drain.as_mut().poll(&mut cx).is_pending());
-        tx.send(true).unwrap();
-        let other = std::task::Waker::from(Arc::new(OtherWaker));
-        assert!(
-            drain
-                .as_mut()
-                .poll(&mut Context::from_waker(&other))
-                .is_ready()
-        );
-
-        // Begun before the first poll.
-        let (tx, rx) = watch::channel(false);
-        tx.send(true).unwrap();
-        let mut drain = pin!(Drain::new(wait(rx.clone()), rx));
-        assert!(drain.as_mut().poll(&mut cx).is_ready());
-    }
-
-    /// A send wakes the task that last polled the drain.
-    #[tokio::test]
-    async fn a_drain_wakes_the_waiting_task() {
-        let (tx, rx) = watch::channel(false);
-        let waiting = tokio::spawn(async move {
-            let mut wait = rx.clone();
-            let drain = Drain::new(
-                async move {
-                    let _ = wait.wait_for(|draining| *draining).await;
-                },
-                rx,
-            );
-            drain.await;
-        });
-        tokio::task::yield_now().await;
-        tx.send(true).unwrap();
-        tokio::time::timeout(TIMEOUT, waiting)
-            .await
-            .expect("the drain was seen")
-            .unwrap();
-    }
-
-    /// A waker that is not `Waker::noop()`.
-    struct OtherWaker;
-
-    impl std::task::Wake for OtherWaker {
-        fn wake(self: Arc<Self>) {}
-    }
 
     /// Waits for `activity` to be idle for [`TIMEOUT`]; returns when it was.
     fn idle_at(activity: &Arc<Activity>) -> tokio::task::JoinHandle<Instant> {
