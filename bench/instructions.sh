@@ -60,15 +60,8 @@ command -v python3 >/dev/null || die "python3 is needed (the summary)"
 build_switchyard
 
 FDS=$(ulimit -n)
-TMP=$(mktemp -d /tmp/switchyard-instructions.XXXXXX)
+use_scratch switchyard-instructions
 mkdir -p "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs"
-PIDS=()
-cleanup() {
-    stop_pids "${PIDS[@]}"
-    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN < <(free_ports 5)
 nginx_backend_config >"$TMP/nginx-backend.conf"

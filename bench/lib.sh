@@ -12,6 +12,9 @@
 #                               of a process and its children
 #   rotate ROUND NAMES...      NAMES in an order rotated by ROUND
 #   stop_pids PID...           TERM, up to 5 s to exit, then KILL
+#   use_scratch NAME           TMP=a new directory /tmp/NAME.XXXXXX and PIDS=();
+#                              on exit the PIDS are stopped and TMP removed
+#                              (kept with KEEP_TMP=1)
 # shellcheck shell=bash
 
 log() { printf '[%s %s] %s\n' "${BENCH_NAME:-bench}" "$(date +%H:%M:%S)" "$*" >&2; }
@@ -106,6 +109,18 @@ stop_pids() { # pid... → TERM first (an nginx master killed outright leaves
         sleep 0.1
     done
     for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+
+use_scratch() { # name
+    TMP=$(mktemp -d "/tmp/$1.XXXXXX")
+    PIDS=()
+    trap cleanup_scratch EXIT
+    trap 'exit 130' INT TERM
+}
+
+cleanup_scratch() {
+    stop_pids "${PIDS[@]}"
+    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 
 rotate() { # round names... → the names in an order rotated by round

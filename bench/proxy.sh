@@ -103,16 +103,9 @@ build_switchyard
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FDS=$(ulimit -n)
 
-TMP=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
+use_scratch switchyard-bench
 RES="$TMP/results"
 mkdir -p "$RES/tput" "$RES/lat" "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs" "$TMP/nginx-fwd/logs"
-PIDS=()
-cleanup() {
-    stop_pids "${PIDS[@]}"
-    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # Free ports, all picked at once so none repeats.
 read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN P_SYB P_SYB_ADMIN P_HAPROXYF P_NGINXF < <(free_ports 11)

@@ -62,16 +62,9 @@ if [ "${INSTALL_OHA:-0}" = 1 ]; then find_oha install; else find_oha; fi
 [ -n "$OHA" ] || log "no oha: latency percentiles come from wrk (closed loop, no coordinated-omission correction)"
 build_switchyard
 
-TMP=$(mktemp -d /tmp/switchyard-secbench.XXXXXX)
+use_scratch switchyard-secbench
 RES="$TMP/results"
 mkdir -p "$RES" "$TMP/nginx/logs"
-PIDS=()
-cleanup() {
-    stop_pids "${PIDS[@]}"
-    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 read -r P_BACKEND P_PLAIN P_TLS P_ADMIN < <(free_ports 4)
 
