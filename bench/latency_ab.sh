@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# bench/latency_ab.sh — two Switchyard builds compared on latency at a fixed
+# rate, and nothing else in the rotation.
+#
+#   bench/latency_ab.sh NEW_BIN OLD_BIN      about three minutes
+#
+# Why: a change can lower the instructions per request (bench/instructions.sh)
+# and still answer later; bench/proxy.sh with SWITCHYARD_BASELINE_BIN measures
+# that too, but among five targets, with the two builds mostly in the same
+# order. Here the two builds alternate alone, the order swapped every round,
+# so that a difference of a few percent at p50 shows in one run.
+#
+# What it does, on 127.0.0.1 only: the backend of bench/configs.sh, and each
+# build serving it with the default config and one worker; per round
+# `oha -q RATE -c 32 -z 8s --latency-correction` against each. Prints every
+# round, then the paired p50 and p99 ratios (NEW over OLD: median, rounds
+# NEW was ahead in, two-sided sign test). The same binary given twice scores
+# about 1.00 and half the rounds: that is the harness's own spread.
+#
+# Knobs (environment): ROUNDS (10), RATE (5000), KEEP_TMP=1.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+case "${1:-}" in
+    -h|--help|"") sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+esac
+[ $# -eq 2 ] || { echo "latency_ab.sh: give two switchyard binaries (try --help)" >&2; exit 2; }
+NEW=$1
+OLD=$2
+ROUNDS=${ROUNDS:-10}
+RATE=${RATE:-5000}
+WORKERS=1
+MAXCONN=1000
+
+BENCH_NAME=latency_ab.sh
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+# shellcheck source=bench/configs.sh
+. "$HERE/configs.sh"
+
+for bin in "$NEW" "$OLD"; do [ -x "$bin" ] || die "no switchyard binary at $bin"; done
+ensure_apt nginx=nginx-light curl=curl wrk=wrk
+command -v python3 >/dev/null || die "python3 is needed (the summary)"
+find_oha install
+[ -n "$OHA" ] || die "oha is needed (cargo install --locked --root bench/.tools oha)"
+
+FDS=$(ulimit -n)
+use_scratch switchyard-latency-ab
+mkdir -p "$TMP/nginx-backend/logs" "$TMP/rounds"
+read -r P_BACKEND P_NEW P_NEW_ADMIN P_OLD P_OLD_ADMIN < <(free_ports 5)
+nginx_backend_config >"$TMP/nginx-backend.conf"
+sy_config "$P_NEW" "$P_NEW_ADMIN" "" >"$TMP/new.toml"
+sy_config "$P_OLD" "$P_OLD_ADMIN" "" >"$TMP/old.toml"
+
+nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
+PIDS+=($!)
+wait_http backend "http://127.0.0.1:$P_BACKEND/" "$!"
+TOKIO_WORKER_THREADS=1 "$NEW" serve -c "$TMP/new.toml" 2>"$TMP/new.log" &
+PIDS+=($!)
+wait_http new "http://127.0.0.1:$P_NEW/" "$!"
+TOKIO_WORKER_THREADS=1 "$OLD" serve -c "$TMP/old.toml" 2>"$TMP/old.log" &
+PIDS+=($!)
+wait_http old "http://127.0.0.1:$P_OLD/" "$!"
+for port in "$P_NEW" "$P_OLD"; do wrk -t1 -c32 -d2s "http://127.0.0.1:$port/" >/dev/null; done
+
+measure() { # name port round
+    "$OHA" -q "$RATE" -c 32 -z 8s --latency-correction --no-tui --output-format json \
+        "http://127.0.0.1:$2/" >"$TMP/rounds/$1.$3.json" 2>/dev/null
+}
+for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then
+        measure new "$P_NEW" "$r"; measure old "$P_OLD" "$r"
+    else
+        measure old "$P_OLD" "$r"; measure new "$P_NEW" "$r"
+    fi
+    log "round $r/$ROUNDS done"
+done
+
+python3 - "$TMP/rounds" "$ROUNDS" <<'EOF'
+import json, math, statistics, sys
+
+folder, rounds = sys.argv[1], int(sys.argv[2])
+
+
+def percentiles(name, r):
+    with open(f"{folder}/{name}.{r}.json") as f:
+        return json.load(f)["latencyPercentiles"]
+
+
+def sign_test(ahead, n):
+    k = min(ahead, n - ahead)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+print("| round | new p50 | old p50 | new p99 | old p99 |")
+print("| --- | --- | --- | --- | --- |")
+ratios = {"p50": [], "p99": []}
+for r in range(1, rounds + 1):
+    new, old = percentiles("new", r), percentiles("old", r)
+    for key in ratios:
+        ratios[key].append(new[key] / old[key])
+    print(f"| {r} | {new['p50'] * 1000:.3f} ms | {old['p50'] * 1000:.3f} ms "
+          f"| {new['p99'] * 1000:.3f} ms | {old['p99'] * 1000:.3f} ms |")
+print()
+for key, values in ratios.items():
+    ahead = sum(1 for v in values if v < 1)
+    print(f"- new/old {key}: median {statistics.median(values):.3f} "
+          f"({min(values):.2f}–{max(values):.2f}); new ahead in {ahead} of {len(values)}, "
+          f"sign test p={sign_test(ahead, len(values)):.2f}")
+EOF
