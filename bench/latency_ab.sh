@@ -77,35 +77,30 @@ for r in $(seq 1 "$ROUNDS"); do
     log "round $r/$ROUNDS done"
 done
 
-python3 - "$TMP/rounds" "$ROUNDS" <<'EOF'
-import json, math, statistics, sys
+# The summary uses bench/summarize.py's reading of oha's output and its
+# paired ratios with the sign test.
+python3 - "$HERE" "$TMP/rounds" "$ROUNDS" <<'EOF'
+import sys
+from pathlib import Path
 
-folder, rounds = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, sys.argv[1])
+from summarize import paired_note, parse_oha  # noqa: E402
 
-
-def percentiles(name, r):
-    with open(f"{folder}/{name}.{r}.json") as f:
-        return json.load(f)["latencyPercentiles"]
-
-
-def sign_test(ahead, n):
-    k = min(ahead, n - ahead)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-
-
+folder, rounds = Path(sys.argv[2]), int(sys.argv[3])
 print("| round | new p50 | old p50 | new p99 | old p99 |")
 print("| --- | --- | --- | --- | --- |")
-ratios = {"p50": [], "p99": []}
+by_key = {"p50": ([], []), "p99": ([], [])}
 for r in range(1, rounds + 1):
-    new, old = percentiles("new", r), percentiles("old", r)
-    for key in ratios:
-        ratios[key].append(new[key] / old[key])
+    new = parse_oha(folder / f"new.{r}.json")["pct"]
+    old = parse_oha(folder / f"old.{r}.json")["pct"]
+    for key, (news, olds) in by_key.items():
+        news.append(new[key])
+        olds.append(old[key])
     print(f"| {r} | {new['p50'] * 1000:.3f} ms | {old['p50'] * 1000:.3f} ms "
           f"| {new['p99'] * 1000:.3f} ms | {old['p99'] * 1000:.3f} ms |")
 print()
-for key, values in ratios.items():
-    ahead = sum(1 for v in values if v < 1)
-    print(f"- new/old {key}: median {statistics.median(values):.3f} "
-          f"({min(values):.2f}–{max(values):.2f}); new ahead in {ahead} of {len(values)}, "
-          f"sign test p={sign_test(ahead, len(values)):.2f}")
+for key, (news, olds) in by_key.items():
+    ratios = sorted(n / o for n, o in zip(news, olds))
+    # Lower is better: "ahead" is a ratio below 1.
+    print(f"- new/old {key}{paired_note(ratios, ahead_above=False)}")
 EOF
