@@ -3,7 +3,9 @@
 # rather than timed: instructions per request and the machine code a request
 # runs through, for HAProxy, nginx and Switchyard under callgrind.
 #
-#   bench/instructions.sh            about three minutes
+#   bench/instructions.sh                about three minutes
+#   bench/instructions.sh --hot-symbols  Switchyard alone (one minute); rewrites
+#                                        crates/switchyard/hot-symbols.txt
 #
 # Why: bench/proxy.sh times the proxies on a shared machine, where a
 # difference of a few percent needs many rounds to tell from noise.
@@ -28,6 +30,15 @@
 #                         needs back in the instruction cache after other
 #                         processes ran in between
 #
+# --hot-symbols: the functions that run at least once per hundred requests,
+# hottest first, as linker symbols, into crates/switchyard/hot-symbols.txt.
+# The release build (crates/switchyard/build.rs) asks the linker to place
+# them together at the start of the code, so a request runs through about
+# half as many pages of code (a measured 3% less CPU per request, see
+# docs/performance.md). Run it again after changes to the request path:
+# symbols that no longer exist are skipped, new ones are left where they
+# fall.
+#
 # Knobs (environment): DURATION (10), SWITCHYARD_BIN (skip the cargo build),
 # KEEP_TMP=1 (keep the callgrind files, for callgrind_annotate).
 #
@@ -38,9 +49,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 
+HOT_SYMBOLS=0
 for arg in "$@"; do
     case "$arg" in
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --hot-symbols) HOT_SYMBOLS=1 ;;
         *) echo "instructions.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -102,6 +115,57 @@ measure() { # name port stop_signal command...
     [ -n "$requests" ] || die "wrk got no answer from $name"
     echo "$name $requests $(ls "$TMP"/callgrind."$name".*)" >>"$TMP/results"
 }
+
+if [ "$HOT_SYMBOLS" = 1 ]; then
+    log "switchyard under callgrind (${DURATION}s of wrk -t1 -c8)"
+    TOKIO_WORKER_THREADS=1 measure switchyard "$P_SY" TERM "$SY" serve -c "$TMP/switchyard.toml"
+    OUT="$ROOT/crates/switchyard/hot-symbols.txt"
+    # The symbols' addresses (`nm`), and for each the most any of its
+    # instructions ran; kept when that is at least once per 100 requests.
+    nm -n --defined-only "$SY" >"$TMP/symbols"
+    python3 - "$TMP/results" "$TMP/symbols" "$(basename "$SY")" >"$TMP/hot-symbols" <<'EOF'
+import bisect, collections, sys
+
+name, requests, *files = open(sys.argv[1]).read().split()
+requests = int(requests)
+symbols = []
+for line in open(sys.argv[2]):
+    fields = line.split()
+    if len(fields) == 3 and fields[1] in "tT":
+        symbols.append((int(fields[0], 16), fields[2]))
+starts = [address for address, _ in symbols]
+peak = collections.Counter()  # symbol → most executions of one instruction
+total = collections.Counter()  # symbol → instructions executed
+for path in files:
+    skip, in_binary = False, False
+    for text in open(path, errors="replace"):
+        if skip:
+            skip = False
+        elif text.startswith("ob="):
+            in_binary = text.rstrip().endswith("/" + sys.argv[3])
+        elif text.startswith("calls="):
+            skip = True  # the next line is the callee's inclusive cost
+        elif in_binary and text.startswith("0x"):
+            fields = text.split()
+            if len(fields) >= 3:
+                i = bisect.bisect_right(starts, int(fields[0], 16)) - 1
+                if i >= 0:
+                    symbol = symbols[i][1]
+                    peak[symbol] = max(peak[symbol], int(fields[2]))
+                    total[symbol] += int(fields[2])
+for symbol, _ in total.most_common():
+    if peak[symbol] * 100 >= requests:
+        print(symbol)
+EOF
+    [ -s "$TMP/hot-symbols" ] || die "no hot symbols found (is $SY built with symbols?)"
+    {
+        echo "# Written by bench/instructions.sh --hot-symbols: the functions a proxied"
+        echo "# request runs, hottest first, for the linker (see crates/switchyard/build.rs)."
+        cat "$TMP/hot-symbols"
+    } >"$OUT"
+    log "wrote $(wc -l <"$TMP/hot-symbols") symbols to $OUT"
+    exit 0
+fi
 
 log "haproxy under callgrind (${DURATION}s of wrk -t1 -c8)"
 measure haproxy "$P_HAPROXY" TERM haproxy -db -f "$TMP/haproxy.cfg"
