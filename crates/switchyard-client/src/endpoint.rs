@@ -42,7 +42,7 @@ impl PeakEwma {
         if rtt_ns > self.estimate_ns {
             self.estimate_ns = rtt_ns;
         } else {
-            let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+            let elapsed = nanos(now.saturating_duration_since(self.stamp));
             let w = (-elapsed / decay_ns).exp();
             self.estimate_ns = self.estimate_ns * w + rtt_ns * (1.0 - w);
         }
@@ -51,7 +51,7 @@ impl PeakEwma {
 
     /// The estimate as the balancer sees it at `now` (decayed while idle).
     pub(crate) fn cost_at(&self, now: Instant, decay_ns: f64) -> f64 {
-        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+        let elapsed = nanos(now.saturating_duration_since(self.stamp));
         self.estimate_ns * (-elapsed / decay_ns).exp()
     }
 
@@ -59,6 +59,13 @@ impl PeakEwma {
     pub(crate) fn estimate_ns(&self) -> f64 {
         self.estimate_ns
     }
+}
+
+/// `duration` in nanoseconds, as the estimates keep them. Not
+/// `as_nanos() as f64`: converting its `u128` takes a library call, this
+/// takes two `u64` conversions (it runs a few times per request).
+pub(crate) fn nanos(duration: Duration) -> f64 {
+    duration.as_secs() as f64 * 1e9 + f64::from(duration.subsec_nanos())
 }
 
 /// Metric handles of one endpoint, made once so the hot path only bumps them.

@@ -702,7 +702,7 @@ impl Drop for InFlight {
 impl InFlight {
     fn finish(self, failed: bool) {
         let now = switchyard_policy::clock::now();
-        let rtt_ns = now.saturating_duration_since(self.start).as_nanos() as f64;
+        let rtt_ns = crate::endpoint::nanos(now.saturating_duration_since(self.start));
         self.shared.record(&self.endpoint, now, rtt_ns, failed);
     }
 }
