@@ -25,8 +25,10 @@
 #
 # Metrics:
 #   throughput  wrk, fixed connections and duration, ROUNDS rounds in rotating
-#               order → requests/s (median of the rounds), and the CPU time
-#               the target's own processes used per request
+#               order → requests/s (median of the rounds), the CPU time
+#               the target's own processes used per request, and what the
+#               backend and wrk used per request meanwhile (a proxy that
+#               hands them work in smaller batches costs them more)
 #   latency     oha in open-loop constant-rate mode (-q RATE) with
 #               --latency-correction (coordinated omission corrected) →
 #               p50/p99/p99.9 at RATE requests/s (median of the rounds)
@@ -90,7 +92,7 @@ BENCH_NAME=proxy.sh
 . "$HERE/configs.sh"
 
 # ---------------------------------------------------------------- tools
-ensure_apt wrk=wrk haproxy=haproxy nginx=nginx-light curl=curl
+ensure_apt wrk=wrk haproxy=haproxy nginx=nginx-light curl=curl /usr/bin/time=time
 command -v python3 >/dev/null || die "python3 is needed (idle-connection client, summary)"
 
 find_oha install
@@ -218,10 +220,13 @@ for r in $(seq 1 "$ROUNDS"); do
     for t in $(rotate "$r" "${TARGETS[@]}"); do
         log "throughput round $r/$ROUNDS: $t (wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s)"
         c0=$(cpu_ticks "${PID[$t]}"); u0=$(cpu_ticks "${PID[$t]}" user)
-        wrk -t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --latency \
+        b0=$(cpu_ticks "${PID[direct]}")
+        /usr/bin/time -f "%U %S" -o "$RES/tput/$t.$r.wrkcpu" \
+            wrk -t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --latency \
             "http://127.0.0.1:${PORT[$t]}/" >"$RES/tput/$t.$r.txt"
         echo $(($(cpu_ticks "${PID[$t]}") - c0)) >"$RES/tput/$t.$r.cpu"
         echo $(($(cpu_ticks "${PID[$t]}" user) - u0)) >"$RES/tput/$t.$r.user"
+        echo $(($(cpu_ticks "${PID[direct]}") - b0)) >"$RES/tput/$t.$r.backend"
         grep -E 'Requests/sec' "$RES/tput/$t.$r.txt" >&2 || true
     done
 done

@@ -120,6 +120,10 @@ def paired_note(xs: list, ahead_above: bool = True) -> str:
     )
 
 
+def us1(x):
+    return "n/a" if x is None else f"{x:.1f}"
+
+
 def ms(x):
     return "n/a" if x is None else f"{x * 1e3:.3f}"
 
@@ -150,7 +154,9 @@ def main() -> int:
         "CPU µs/request: user+system CPU time of the target's own processes (the backend "
         "for `direct`) during the wrk rounds, divided by the requests answered; less "
         "sensitive to other load than requests/s. Of it user: the part spent in user space "
-        "(the kernel's share, the same system calls for every proxy, moves with the machine)."
+        "(the kernel's share, the same system calls for every proxy, moves with the machine). "
+        "Backend, wrk: the CPU time the backend's processes and wrk used per request meanwhile "
+        "(on these 2 cores a proxy's throughput also depends on what it costs them)."
     )
     p("")
 
@@ -159,12 +165,19 @@ def main() -> int:
     for t in targets:
         files = sorted((res / "tput").glob(f"{t}.*.txt"))
         runs = [parse_wrk(f) for f in files]
-        cpu_us, user_us = [], []
+        cpu_us, user_us, backend_us, wrk_us = [], [], [], []
         for f, r in zip(files, runs):
-            for suffix, into in ((".cpu", cpu_us), (".user", user_us)):
+            if not r.get("requests"):
+                continue
+            for suffix, into in ((".cpu", cpu_us), (".user", user_us), (".backend", backend_us)):
                 ticks = f.with_suffix(suffix)
-                if ticks.exists() and r.get("requests"):
+                if ticks.exists():
                     into.append(int(ticks.read_text()) / int(meta["clk_tck"]) * 1e6 / r["requests"])
+            # GNU time's "%U %S" (seconds); the last line, after any warning.
+            wrk_cpu = f.with_suffix(".wrkcpu")
+            if wrk_cpu.exists() and wrk_cpu.read_text().split():
+                user, system = wrk_cpu.read_text().split()[-2:]
+                wrk_us.append((float(user) + float(system)) * 1e6 / r["requests"])
         tput[t] = {
             "by_round": {
                 int(f.name.split(".")[-2]): r["rps"] for f, r in zip(files, runs) if r["rps"]
@@ -176,6 +189,8 @@ def main() -> int:
             "p99": median([r["pct"].get("p99") for r in runs]),
             "cpu_us": median(cpu_us),
             "user_us": median(user_us),
+            "backend_us": median(backend_us),
+            "wrk_us": median(wrk_us),
         }
     p(
         f"**Throughput** — wrk, {meta['conns']} connections, {meta['wrk_threads']} thread, "
@@ -183,9 +198,10 @@ def main() -> int:
     )
     p("")
     head = "| target | req/s (median) | rounds | " + " | ".join(f"vs {r}" for r in refs)
-    head += " | CPU µs/request | of it user | wrk p99 (ms, closed loop) | errors / non-2xx |"
+    head += " | CPU µs/request | of it user | backend, wrk µs/request | wrk p99 (ms, closed loop)"
+    head += " | errors / non-2xx |"
     p(head)
-    p("|" + " --- |" * (7 + len(refs)))
+    p("|" + " --- |" * (8 + len(refs)))
     for t in targets:
         d = tput[t]
         rounds = ", ".join(f"{x:.0f}" for x in d["rounds"] if x is not None)
@@ -195,6 +211,7 @@ def main() -> int:
             f"| {t} | {med} | {rounds} | " + " | ".join(cells)
             + f" | {'n/a' if d['cpu_us'] is None else format(d['cpu_us'], '.1f')}"
             + f" | {'n/a' if d['user_us'] is None else format(d['user_us'], '.1f')}"
+            + f" | {us1(d['backend_us'])}, {us1(d['wrk_us'])}"
             + f" | {ms(d['p99'])} | {d['errors']} / {d['non2xx']} |"
         )
     p("")

@@ -11,11 +11,13 @@
 //!
 //! Only where the linker is known to be LLD, which takes
 //! `--symbol-ordering-file`: `x86_64-unknown-linux-gnu` since Rust 1.90
-//! (this workspace's minimum). Skipped when the build chooses its own
-//! linker (`-C linker…` in the flags, a `*_LINKER` variable) or when
+//! (this workspace's minimum), with a toolchain that ships LLD for it (a
+//! rustup one does; a distribution's rustc built to use the system linker
+//! does not, and is left alone). Skipped too when the build chooses its
+//! own linker (`-C linker…` in the flags, a `*_LINKER` variable) or when
 //! `SWITCHYARD_NO_SYMBOL_ORDER` is set.
 
-use std::{env, path::Path};
+use std::{env, path::Path, process::Command};
 
 fn main() {
     println!("cargo:rerun-if-changed=hot-symbols.txt");
@@ -37,7 +39,7 @@ fn main() {
         return;
     }
     let list = Path::new(&var("CARGO_MANIFEST_DIR")).join("hot-symbols.txt");
-    if !list.is_file() {
+    if !list.is_file() || !ships_lld(&var("RUSTC")) {
         return;
     }
     println!(
@@ -46,4 +48,16 @@ fn main() {
     );
     // The list outlives the code it was taken from: skipped names are expected.
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+}
+
+/// Whether `rustc`'s toolchain has the LLD it links this target with by
+/// default (`gcc-ld/ld.lld` in its sysroot).
+fn ships_lld(rustc: &str) -> bool {
+    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&out.stdout);
+    Path::new(sysroot.trim())
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld")
+        .is_file()
 }
