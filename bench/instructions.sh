@@ -119,87 +119,78 @@ measure() { # name port stop_signal command...
 if [ "$HOT_SYMBOLS" = 1 ]; then
     log "switchyard under callgrind (${DURATION}s of wrk -t1 -c8)"
     TOKIO_WORKER_THREADS=1 measure switchyard "$P_SY" TERM "$SY" serve -c "$TMP/switchyard.toml"
-    OUT="$ROOT/crates/switchyard/hot-symbols.txt"
-    # The symbols' addresses (`nm`), and for each the most any of its
-    # instructions ran; kept when that is at least once per 100 requests.
     nm -n --defined-only "$SY" >"$TMP/symbols"
-    python3 - "$TMP/results" "$TMP/symbols" "$(basename "$SY")" >"$TMP/hot-symbols" <<'EOF'
-import bisect, collections, sys
-
-name, requests, *files = open(sys.argv[1]).read().split()
-requests = int(requests)
-symbols = []
-for line in open(sys.argv[2]):
-    fields = line.split()
-    if len(fields) == 3 and fields[1] in "tT":
-        symbols.append((int(fields[0], 16), fields[2]))
-starts = [address for address, _ in symbols]
-peak = collections.Counter()  # symbol → most executions of one instruction
-total = collections.Counter()  # symbol → instructions executed
-for path in files:
-    skip, in_binary = False, False
-    for text in open(path, errors="replace"):
-        if skip:
-            skip = False
-        elif text.startswith("ob="):
-            in_binary = text.rstrip().endswith("/" + sys.argv[3])
-        elif text.startswith("calls="):
-            skip = True  # the next line is the callee's inclusive cost
-        elif in_binary and text.startswith("0x"):
-            fields = text.split()
-            if len(fields) >= 3:
-                i = bisect.bisect_right(starts, int(fields[0], 16)) - 1
-                if i >= 0:
-                    symbol = symbols[i][1]
-                    peak[symbol] = max(peak[symbol], int(fields[2]))
-                    total[symbol] += int(fields[2])
-for symbol, _ in total.most_common():
-    if peak[symbol] * 100 >= requests:
-        print(symbol)
-EOF
-    [ -s "$TMP/hot-symbols" ] || die "no hot symbols found (is $SY built with symbols?)"
-    {
-        echo "# Written by bench/instructions.sh --hot-symbols: the functions a proxied"
-        echo "# request runs, hottest first, for the linker (see crates/switchyard/build.rs)."
-        cat "$TMP/hot-symbols"
-    } >"$OUT"
-    log "wrote $(wc -l <"$TMP/hot-symbols") symbols to $OUT"
-    exit 0
+else
+    log "haproxy under callgrind (${DURATION}s of wrk -t1 -c8)"
+    measure haproxy "$P_HAPROXY" TERM haproxy -db -f "$TMP/haproxy.cfg"
+    log "nginx under callgrind"
+    # Its one worker in the foreground process: callgrind follows no fork here.
+    measure nginx "$P_NGINX" QUIT nginx -p "$TMP/nginx-proxy" -c "$TMP/nginx-proxy.conf" -e stderr \
+        -g "master_process off;"
+    log "switchyard under callgrind"
+    TOKIO_WORKER_THREADS=1 measure switchyard "$P_SY" TERM "$SY" serve -c "$TMP/switchyard.toml"
 fi
 
-log "haproxy under callgrind (${DURATION}s of wrk -t1 -c8)"
-measure haproxy "$P_HAPROXY" TERM haproxy -db -f "$TMP/haproxy.cfg"
-log "nginx under callgrind"
-# Its one worker in the foreground process: callgrind follows no fork here.
-measure nginx "$P_NGINX" QUIT nginx -p "$TMP/nginx-proxy" -c "$TMP/nginx-proxy.conf" -e stderr \
-    -g "master_process off;"
-log "switchyard under callgrind"
-TOKIO_WORKER_THREADS=1 measure switchyard "$P_SY" TERM "$SY" serve -c "$TMP/switchyard.toml"
+# One reading of callgrind's files for both outputs: the table, or (with
+# --hot-symbols) the symbol list.
+python3 - "$TMP/results" "$HOT_SYMBOLS" "$TMP/symbols" "$(basename "$SY")" >"$TMP/summary" <<'EOF'
+import bisect, collections, sys
 
-python3 - "$TMP/results" <<'EOF'
-import collections, sys
+results, hot_symbols, symbols_file, binary = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
 
-rows = {}
-for line in open(sys.argv[1]):
-    name, requests, *files = line.split()
-    requests = int(requests)
-    total = 0
-    executed = collections.Counter()  # instruction address → executions
+
+def executions(files, only_object=None):
+    """Instruction address → executions, and the `totals:` instructions, of
+    a process's callgrind files (those of `only_object` alone when given)."""
+    executed, total = collections.Counter(), 0
     for path in files:
-        skip = False
+        skip, counted = False, only_object is None
         for text in open(path, errors="replace"):
-            if text.startswith("totals:"):
-                total += int(text.split()[1])
-            # The line after `calls=` carries the callee's inclusive cost.
-            if skip:
+            if skip:  # the line after `calls=` carries the callee's inclusive cost
                 skip = False
-                continue
-            if text.startswith("calls="):
+            elif text.startswith("totals:"):
+                total += int(text.split()[1])
+            elif text.startswith("ob=") and only_object is not None:
+                counted = text.rstrip().endswith("/" + only_object)
+            elif text.startswith("calls="):
                 skip = True
-            elif text.startswith("0x"):
+            elif counted and text.startswith("0x"):
                 fields = text.split()
                 if len(fields) >= 3:
                     executed[int(fields[0], 16)] += int(fields[2])
+    return executed, total
+
+
+runs = {}
+for line in open(results):
+    name, requests, *files = line.split()
+    runs[name] = (int(requests), files)
+
+if hot_symbols:
+    # Each symbol (by `nm` address) with the most any of its instructions
+    # ran; kept, hottest first, when that is at least once per 100 requests.
+    requests, files = runs["switchyard"]
+    symbols = []
+    for line in open(symbols_file):
+        fields = line.split()
+        if len(fields) == 3 and fields[1] in "tT":
+            symbols.append((int(fields[0], 16), fields[2]))
+    starts = [address for address, _ in symbols]
+    peak, total = collections.Counter(), collections.Counter()
+    for address, count in executions(files, binary)[0].items():
+        i = bisect.bisect_right(starts, address) - 1
+        if i >= 0:
+            symbol = symbols[i][1]
+            peak[symbol] = max(peak[symbol], count)
+            total[symbol] += count
+    for symbol, _ in total.most_common():
+        if peak[symbol] * 100 >= requests:
+            print(symbol)
+    sys.exit(0)
+
+rows = {}
+for name, (requests, files) in runs.items():
+    executed, total = executions(files)
     # A line of code runs as often as its most executed instruction.
     lines = collections.Counter()
     for address, count in executed.items():
@@ -213,3 +204,16 @@ haproxy, nginx = rows["haproxy"][1], rows["nginx"][1]
 for name, (requests, per, hot) in rows.items():
     print(f"| {name} | {requests} | {per:,.0f} | {per / haproxy:.2f} | {per / nginx:.2f} | {hot:.0f} |")
 EOF
+
+if [ "$HOT_SYMBOLS" = 1 ]; then
+    OUT="$ROOT/crates/switchyard/hot-symbols.txt"
+    [ -s "$TMP/summary" ] || die "no hot symbols found (is $SY built with symbols?)"
+    {
+        echo "# Written by bench/instructions.sh --hot-symbols: the functions a proxied"
+        echo "# request runs, hottest first, for the linker (see crates/switchyard/build.rs)."
+        cat "$TMP/summary"
+    } >"$OUT"
+    log "wrote $(wc -l <"$TMP/summary") symbols to $OUT"
+else
+    cat "$TMP/summary"
+fi
