@@ -150,6 +150,7 @@ pub use config::{
     DEFAULT_WINDOW_DURATION, DEFAULT_WINDOW_SIZE, HalfOpenTimeoutState, MAX_WINDOW_BUCKETS,
     MAX_WINDOW_SIZE, WindowConfig,
 };
+pub(crate) use service::admit;
 pub use service::{Breaker, BreakerLayer, ResponseFuture};
 
 use window::{Totals, Window};

@@ -136,11 +136,7 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = crate::clock::now();
-        let ours = self.timeout.map(|t| now + t);
-        let deadline = match (req.deadline(), ours) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = earlier(req.deadline(), self.timeout.map(|t| now + t));
         if let Some(at) = deadline {
             req.set_deadline(at);
         }
@@ -207,15 +203,29 @@ where
             return ResponseFuture::new(Some(self.inner.call(req)), None);
         }
         let now = crate::clock::now();
-        let bound = match (carried, self.timeout.map(|t| now + t)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let bound = earlier(carried, self.timeout.map(|t| now + t));
         // The attempt bound never moves the request's deadline: only the
         // overall deadline travels to the next hop. Rejections here are
         // reported by the retry layer around it.
         start(&mut self.inner, req, bound, now, None, true)
     }
+}
+
+/// The earlier of two instants, either of which may be absent.
+pub(crate) fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Reports a call refused because its deadline had passed when it came.
+pub(crate) fn report_late(events: &Events) {
+    events.emit(|service| Event::Rejected {
+        service,
+        policy: "deadline",
+        kind: "deadline-exceeded",
+    });
 }
 
 fn start<S, Req>(
@@ -232,11 +242,7 @@ where
     match bound {
         Some(at) if at <= now => {
             if let Some(events) = events {
-                events.emit(|service| Event::Rejected {
-                    service,
-                    policy: "deadline",
-                    kind: "deadline-exceeded",
-                });
+                report_late(events);
             }
             ResponseFuture::new(None, None)
         }

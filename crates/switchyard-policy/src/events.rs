@@ -455,12 +455,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        // Without an observer there is nothing to report: skip the clock read.
-        let report = self.events.inner.observer.is_some().then(|| Report {
-            start: crate::clock::now(),
-            classifier: self.classifier.clone(),
-            events: self.events.clone(),
-        });
+        let report = Report::begin(&self.events, crate::clock::now)
+            .map(|report| (report, self.classifier.clone()));
         ObserveFuture {
             inner: self.inner.call(req),
             report,
@@ -468,11 +464,35 @@ where
     }
 }
 
+/// One call's [`Event::Call`], from its start to its end.
 #[derive(Debug)]
-struct Report<C> {
+pub(crate) struct Report {
     start: tokio::time::Instant,
-    classifier: C,
     events: Events,
+}
+
+impl Report {
+    /// A report of a call starting at `now()`, when anyone listens (without
+    /// an observer there is nothing to report, and the clock is not read).
+    pub(crate) fn begin(
+        events: &Events,
+        now: impl FnOnce() -> tokio::time::Instant,
+    ) -> Option<Self> {
+        events.inner.observer.is_some().then(|| Report {
+            start: now(),
+            events: events.clone(),
+        })
+    }
+
+    /// Reports the call as ended at `now` with `outcome`.
+    pub(crate) fn end(self, outcome: crate::Outcome, now: tokio::time::Instant) {
+        let latency = now.saturating_duration_since(self.start);
+        self.events.emit(|service| Event::Call {
+            service,
+            outcome,
+            latency,
+        });
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -481,7 +501,7 @@ pin_project_lite::pin_project! {
     pub struct ObserveFuture<F, C> {
         #[pin]
         inner: F,
-        report: Option<Report<C>>,
+        report: Option<(Report, C)>,
     }
 }
 
@@ -498,14 +518,11 @@ where
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
-        if let Some(report) = this.report.take() {
-            let outcome = report.classifier.classify(out.as_ref()).outcome;
-            let latency = crate::clock::now().saturating_duration_since(report.start);
-            report.events.emit(|service| Event::Call {
-                service,
-                outcome,
-                latency,
-            });
+        if let Some((report, classifier)) = this.report.take() {
+            report.end(
+                classifier.classify(out.as_ref()).outcome,
+                crate::clock::now(),
+            );
         }
         std::task::Poll::Ready(out)
     }

@@ -118,6 +118,7 @@ pub use budget::{
     BudgetConfig, DEFAULT_BUDGET_TTL, DEFAULT_MIN_RETRIES_PER_SECOND, DEFAULT_RETRY_RATIO,
     RetryBudget,
 };
+pub(crate) use future::Attempts;
 pub use future::ResponseFuture;
 
 /// Default [`RetryConfig::max_attempts`]: 3.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use switchyard_policy::{
-    Call, Error, Events, Policy, PolicyConfig, breaker::State, events::Recorder,
+    Call, Error, Events, Policy, PolicyConfig, PolicyRequest, breaker::State, events::Recorder,
 };
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -276,4 +276,116 @@ async fn the_deadline_holds_without_a_timer_of_its_own() {
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     assert!(matches!(err, Error::DeadlineExceeded), "{err:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// What one run of [`scripted_calls`] saw.
+#[derive(Debug, PartialEq)]
+struct Run {
+    results: Vec<String>,
+    events: Vec<String>,
+    reached: usize,
+    elapsed: Duration,
+    breaker: State,
+}
+
+/// One sequence of calls through a policy built from `text`: successes, a
+/// retried failure, a call cut at its deadline, failures that open the
+/// breaker, calls it refuses, its recovery, a call that comes too late and
+/// a burst that runs the retry budget dry. The service's answer depends on
+/// the call's value: 0 succeeds, 1 fails, 2 stalls, 3 fails every other
+/// attempt.
+async fn scripted_calls(text: &str) -> Run {
+    let recorder = Recorder::new();
+    let policy = Policy::new(config(text), Events::new("users", recorder.clone())).unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let flips = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    let svc = policy.layer(service_fn(move |call: Call<u32>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let flip = flips.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let value = call.into_inner();
+            match value {
+                0 => tokio::time::sleep(Duration::from_millis(5)).await,
+                1 => tokio::time::sleep(Duration::from_millis(1)).await,
+                2 => tokio::time::sleep(Duration::from_secs(5)).await,
+                _ => {}
+            }
+            if value == 1 || (value == 3 && flip.is_multiple_of(2)) {
+                return Err(Error::from_inner(std::io::Error::other("connection reset")));
+            }
+            Ok::<u32, Error>(value)
+        }
+    }));
+    let start = Instant::now();
+    let mut results = Vec::new();
+    let mut call = async |call: Call<u32>| {
+        let result = svc.clone().oneshot(call).await;
+        results.push(format!("{result:?}"));
+    };
+    for value in [0, 3, 3, 2, 1, 1, 1, 0] {
+        call(Call::new(value)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for value in [0, 0, 0] {
+        call(Call::new(value)).await;
+    }
+    let mut late = Call::new(0);
+    late.set_deadline(Instant::now());
+    call(late).await;
+    for _ in 0..6 {
+        call(Call::new(3)).await;
+    }
+    Run {
+        results,
+        events: recorder.take(),
+        reached: reached.load(Ordering::SeqCst),
+        elapsed: start.elapsed(),
+        breaker: policy.breaker().state(),
+    }
+}
+
+/// Without a rate limit, bulkhead or hedge the stack runs fused (one
+/// service, one future); with any of them, as layers. The two must not
+/// differ in anything a caller or an observer can see: the same results,
+/// the same events with the same latencies, the same calls upstream.
+#[tokio::test(start_paused = true)]
+async fn the_fused_stack_does_what_the_layers_do() {
+    const POLICY: &str = r#"
+        timeout = "1s"
+        [breaker]
+        mode = "consecutive"
+        consecutive_failures = 3
+        open_duration = "1s"
+        [retry]
+        max_attempts = 3
+        base_delay = "10ms"
+        jitter = "none"
+        [retry.budget]
+        retry_ratio = 0.2
+        min_retries_per_second = 1
+        ttl = "1s"
+    "#;
+    let fused = scripted_calls(POLICY).await;
+    // A bulkhead that never fills makes the stack layered and changes nothing else.
+    let layered = scripted_calls(&format!("{POLICY}\n[bulkhead]\nmax_concurrent = 1000\n")).await;
+    assert_eq!(fused, layered);
+
+    // The script reaches what it means to.
+    let seen = fused.events.join("\n");
+    for expected in [
+        "Retry { service: \"users\", attempt: 2",
+        "BreakerTransition { service: \"users\", from: Closed, to: Open }",
+        "Rejected { service: \"users\", policy: \"breaker\"",
+        "Rejected { service: \"users\", policy: \"deadline\"",
+        "Rejected { service: \"users\", policy: \"retry\", kind: \"budget-exhausted\" }",
+        "Call { service: \"users\", outcome: Success",
+    ] {
+        assert!(seen.contains(expected), "{expected} not in\n{seen}");
+    }
+    assert!(
+        fused.results.iter().any(|r| r.contains("DeadlineExceeded")),
+        "{:?}",
+        fused.results
+    );
 }

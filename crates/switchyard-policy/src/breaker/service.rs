@@ -107,7 +107,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.breaker.try_acquire() {
+        match admit(&self.breaker) {
             Ok(permit) => ResponseFuture {
                 kind: Kind::Called {
                     future: self.inner.call(req),
@@ -116,22 +116,29 @@ where
                 classifier: Some(self.classifier.clone()),
                 start: crate::clock::now(),
             },
-            Err(err) => {
-                self.breaker.events().emit(|service| Event::Rejected {
-                    service,
-                    policy: "breaker",
-                    kind: err.kind(),
-                });
-                let retry_after = err.retry_after().unwrap_or(Duration::ZERO);
-                ResponseFuture {
-                    kind: Kind::Rejected { retry_after },
-                    permit: None,
-                    classifier: None,
-                    start: crate::clock::now(),
-                }
-            }
+            Err(error) => ResponseFuture {
+                kind: Kind::Rejected { error: Some(error) },
+                permit: None,
+                classifier: None,
+                start: crate::clock::now(),
+            },
         }
     }
+}
+
+/// A permit for one call, or the [`Error::BreakerOpen`] that refuses it
+/// (reported as a rejection).
+pub(crate) fn admit(breaker: &CircuitBreaker) -> Result<Permit, Error> {
+    breaker.try_acquire().map_err(|err| {
+        breaker.events().emit(|service| Event::Rejected {
+            service,
+            policy: "breaker",
+            kind: err.kind(),
+        });
+        Error::BreakerOpen {
+            retry_after: err.retry_after().unwrap_or(Duration::ZERO),
+        }
+    })
 }
 
 pin_project! {
@@ -152,7 +159,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Called { #[pin] future: F },
-        Rejected { retry_after: Duration },
+        Rejected { error: Option<Error> },
     }
 }
 
@@ -175,9 +182,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Rejected { retry_after } => Poll::Ready(Err(Error::BreakerOpen {
-                retry_after: *retry_after,
-            })),
+            KindProj::Rejected { error } => Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                Error::Upstream("breaker future polled after completion".into())
+            }))),
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx)).map_err(Error::from_inner);
                 if let (Some(permit), Some(classifier)) =

@@ -39,8 +39,11 @@ where
 }
 
 pin_project! {
+    /// The attempts of one call; boxed by [`ResponseFuture`], and by the
+    /// policy stack's fused future (`crate::policy`), which adds the breaker
+    /// and the call's report around it.
     #[project = Projection]
-    struct Attempts<S, Req, C>
+    pub(crate) struct Attempts<S, Req, C>
     where
         S: Service<Req>,
     {
@@ -131,7 +134,14 @@ where
     Req: PolicyRequest,
     S: Service<Req>,
 {
-    fn new(
+    /// The classifier the attempts are judged by.
+    pub(crate) fn classifier(&self) -> &C {
+        &self.classifier
+    }
+
+    /// The call's attempts, of which the first is sent on the first poll
+    /// (`service` must be ready for it).
+    pub(crate) fn new(
         service: S,
         req: Req,
         config: &RetryConfig,
@@ -141,10 +151,7 @@ where
     ) -> Self {
         let now = crate::clock::now();
         let total_end = config.max_total_duration.and_then(|d| now.checked_add(d));
-        let give_up_at = match (req.deadline(), total_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let give_up_at = crate::deadline::earlier(req.deadline(), total_end);
         let (next, request) = if config.max_attempts > 1 {
             // The first attempt sends the request itself and the copy waits:
             // a copy is built to its exact size, while the request may have
