@@ -240,6 +240,13 @@ where
                         outcome: class.outcome,
                         latency,
                     });
+                    if !class.retryable {
+                        // The usual end, returned here rather than through
+                        // `decide`: each step the response is passed
+                        // through is a copy of it.
+                        this.state.set(State::Done);
+                        return Poll::Ready(result);
+                    }
                     match decide(result, class, &mut this) {
                         Next::Return(result) => {
                             this.state.set(State::Done);
@@ -275,7 +282,8 @@ fn polled_after_completion() -> Error {
     Error::Upstream("retry future polled after completion".into())
 }
 
-/// The retry decision for one finished attempt (see the module docs).
+/// The retry decision for one finished attempt whose outcome is retryable
+/// (see the module docs).
 fn decide<S, Req, C>(
     result: Result<S::Response, Error>,
     class: Class,
@@ -295,9 +303,6 @@ where
         }),
         other => other,
     };
-    if !class.retryable {
-        return Next::Return(result);
-    }
     if attempts >= max_attempts {
         return Next::Return(exhausted(result));
     }
