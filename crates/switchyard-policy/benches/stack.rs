@@ -1,7 +1,8 @@
 //! Added cost per call of the composed policy stack (deadline + rate limit +
 //! bulkhead + breaker + retry with budget) around a no-op service, against the
 //! bare service in the same run; uncontended and with two threads contending
-//! on one shared policy.
+//! on one shared policy. Uncontended also: the default stack (deadline,
+//! breaker, retry with budget), which runs fused (one service, one future).
 //!
 //! `cargo bench -p switchyard-policy --bench stack`
 
@@ -69,32 +70,33 @@ where
     }
 }
 
+/// The time `n` calls through `svc` take, one after the other.
+fn time_calls<S>(rt: &tokio::runtime::Runtime, mut svc: S, n: u64) -> Duration
+where
+    S: Service<Call<u64>, Response = u64, Error = Error>,
+{
+    rt.block_on(async {
+        let start = tokio::time::Instant::now();
+        drive(&mut svc, n).await;
+        start.elapsed()
+    })
+}
+
 fn uncontended(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let mut group = c.benchmark_group("uncontended");
-    group.bench_function("bare", |b| {
-        b.iter_custom(|n| {
-            let mut svc = Noop;
-            rt.block_on(async {
-                let start = tokio::time::Instant::now();
-                drive(&mut svc, n).await;
-                start.elapsed()
-            })
-        })
-    });
+    group.bench_function("bare", |b| b.iter_custom(|n| time_calls(&rt, Noop, n)));
     let policy = full_policy();
     group.bench_function("full-stack", |b| {
-        b.iter_custom(|n| {
-            let mut svc = policy.layer(Noop);
-            rt.block_on(async {
-                let start = tokio::time::Instant::now();
-                drive(&mut svc, n).await;
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|n| time_calls(&rt, policy.layer(Noop), n))
+    });
+    let defaults =
+        Policy::new(PolicyConfig::default(), Events::silent("bench")).expect("defaults are valid");
+    group.bench_function("default-stack", |b| {
+        b.iter_custom(|n| time_calls(&rt, defaults.layer(Noop), n))
     });
     group.finish();
 }
