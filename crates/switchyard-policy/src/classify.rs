@@ -71,6 +71,11 @@ impl Class {
 }
 
 /// Classifies the result of one attempt.
+///
+/// A verdict must depend on the result alone: the policies may classify
+/// one result more than once (the retry, the breaker and the call's report
+/// each need it) or share one verdict among them (the fused stack, see
+/// [`Policy`](crate::Policy)).
 pub trait Classify<Res>: Clone + Send + Sync + 'static {
     /// The verdict on `result`.
     fn classify(&self, result: Result<&Res, &Error>) -> Class;

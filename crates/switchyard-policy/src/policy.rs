@@ -36,8 +36,8 @@
 //!
 //! Without a rate limit, bulkhead or hedge (the defaults), [`Policy::layer`]
 //! builds the stack fused: the same steps in the same order, done by one
-//! service with one future rather than by seven nested ones. See [`Fused`]
-//! for why.
+//! service with one future rather than by seven nested around the attempt
+//! timeout. See [`Fused`] for why.
 //!
 //! ```
 //! use switchyard_policy::{Call, Error, Events, Policy, PolicyConfig};
@@ -261,9 +261,24 @@ impl<S, C: Clone> Layer<S> for Policy<C> {
     type Service = PolicyService<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let fused =
+            self.config.hedge.is_none() && self.bulkhead.is_none() && self.rate_limiter.is_none();
+        self.build(inner, fused)
+    }
+}
+
+impl<C: Clone> Policy<C> {
+    /// The stack as nested layers, also where [`layer`](Layer::layer)
+    /// fuses it: for the tests that hold the two forms to one behaviour.
+    #[doc(hidden)]
+    pub fn layer_nested<S>(&self, inner: S) -> PolicyService<S, C> {
+        self.build(inner, false)
+    }
+
+    fn build<S>(&self, inner: S, fused: bool) -> PolicyService<S, C> {
         let config = &self.config;
         let attempts = AttemptTimeoutLayer::new(config.attempt_timeout).layer(inner);
-        if config.hedge.is_none() && self.bulkhead.is_none() && self.rate_limiter.is_none() {
+        if fused {
             return PolicyService {
                 inner: Layers::Fused(Fused {
                     inner: attempts,
@@ -423,7 +438,8 @@ where
 /// gateway's request path those nested polls, drops and copies cost more
 /// instructions than the policies' own logic, a sixth of what the proxy
 /// does per request (`bench/instructions.sh`). Fused, the call is one
-/// future in one allocation, polled through two levels.
+/// future in one allocation around the attempt (`FusedFuture`, `Running`,
+/// the retry's `Attempts`, each a plain match that the compiler inlines).
 #[derive(Debug, Clone)]
 struct Fused<S, C> {
     inner: AttemptTimeout<S>,
@@ -452,24 +468,26 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = crate::clock::now();
+        // One instant for the call's report and the breaker's latency (the
+        // layers read the clock once each; in the gateway, which caches
+        // the clock per poll, that is the same instant).
         let report = Report::begin(&self.events, || now);
-        let refused = |error, report| FusedFuture {
+        let refused = |refusal, report: Option<Report>| FusedFuture {
             state: FusedState::Refused {
-                error: Some(error),
-                report,
-                classifier: self.classifier.clone(),
+                refusal,
+                report: report.map(|report| (report, self.classifier.clone())),
             },
         };
         if let Some(at) = earlier(req.deadline(), self.timeout.map(|t| now + t)) {
             if at <= now {
                 report_late(&self.events);
-                return refused(Error::DeadlineExceeded, report);
+                return refused(Refusal::Late, report);
             }
             req.set_deadline(at);
         }
         let permit = match admit(&self.breaker) {
             Ok(permit) => permit,
-            Err(error) => return refused(error, report),
+            Err(retry_after) => return refused(Refusal::BreakerOpen { retry_after }, report),
         };
         self.budget.deposit();
         // As the retry layer does: the readied service goes into the future,
@@ -496,7 +514,8 @@ where
 }
 
 /// The future of [`Fused`]: the call under way, or refused before any
-/// attempt (deadline passed, breaker open).
+/// attempt (deadline passed, breaker open). Public only as part of
+/// [`PolicyService`]'s future type; it cannot be named outside the crate.
 pub struct FusedFuture<S, Req, C>
 where
     S: Service<Req>,
@@ -510,10 +529,27 @@ where
 {
     Running(Pin<Box<Running<S, Req, C>>>),
     Refused {
-        error: Option<Error>,
-        report: Option<Report>,
-        classifier: C,
+        refusal: Refusal,
+        // Taken by the first poll.
+        report: Option<(Report, C)>,
     },
+}
+
+/// Why a call was refused before any attempt. Its error is made at each
+/// poll, as the deadline and breaker layers make theirs.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Late,
+    BreakerOpen { retry_after: Duration },
+}
+
+impl Refusal {
+    fn error(self) -> Error {
+        match self {
+            Self::Late => Error::DeadlineExceeded,
+            Self::BreakerOpen { retry_after } => Error::BreakerOpen { retry_after },
+        }
+    }
 }
 
 // Nothing in it is pinned in place: the attempts are boxed.
@@ -540,15 +576,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.get_mut().state {
             FusedState::Running(running) => running.as_mut().poll(cx),
-            FusedState::Refused {
-                error,
-                report,
-                classifier,
-            } => {
-                let result = Err(error.take().unwrap_or_else(|| {
-                    Error::Upstream("policy future polled after completion".into())
-                }));
-                if let Some(report) = report.take() {
+            FusedState::Refused { refusal, report } => {
+                let result = Err(refusal.error());
+                if let Some((report, classifier)) = report.take() {
                     let outcome = classifier.classify(result.as_ref()).outcome;
                     report.end(outcome, crate::clock::now());
                 }
@@ -559,8 +589,8 @@ where
 }
 
 pin_project! {
-    // A call `Fused` admitted: its attempts, then the breaker's record and
-    // the call's report of the outcome.
+    /// A call [`Fused`] admitted: its attempts, then the breaker's record
+    /// and the call's report of the outcome.
     struct Running<S, Req, C>
     where
         S: Service<Req>,

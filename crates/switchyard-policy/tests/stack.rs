@@ -288,19 +288,27 @@ struct Run {
     breaker: State,
 }
 
-/// One sequence of calls through a policy built from `text`: successes, a
-/// retried failure, a call cut at its deadline, failures that open the
-/// breaker, calls it refuses, its recovery, a call that comes too late and
-/// a burst that runs the retry budget dry. The service's answer depends on
-/// the call's value: 0 succeeds, 1 fails, 2 stalls, 3 fails every other
-/// attempt.
-async fn scripted_calls(text: &str) -> Run {
+/// One sequence of calls through a policy built from `text`, fused as
+/// `Policy::layer` builds it or `nested` as layers: successes, a retried
+/// failure, a call cut at its deadline, failures that open the breaker,
+/// calls it refuses (one of them polled again after its answer), a
+/// half-open probe given up by its caller, the breaker's recovery, two
+/// calls at once, a call that comes too late, one with a deadline of its
+/// own shorter than the timeout, and a burst that runs the retry budget
+/// dry. The service's answer depends on the call's value: 0 succeeds, 1
+/// fails, 2 stalls, 3 fails every other attempt.
+async fn scripted_calls(text: &str, nested: bool, observed: bool) -> Run {
     let recorder = Recorder::new();
-    let policy = Policy::new(config(text), Events::new("users", recorder.clone())).unwrap();
+    let events = if observed {
+        Events::new("users", recorder.clone())
+    } else {
+        Events::silent("users")
+    };
+    let policy = Policy::new(config(text), events).unwrap();
     let reached = Arc::new(AtomicUsize::new(0));
     let flips = Arc::new(AtomicUsize::new(0));
     let counter = reached.clone();
-    let svc = policy.layer(service_fn(move |call: Call<u32>| {
+    let service = service_fn(move |call: Call<u32>| {
         counter.fetch_add(1, Ordering::SeqCst);
         let flip = flips.fetch_add(1, Ordering::SeqCst);
         async move {
@@ -316,25 +324,44 @@ async fn scripted_calls(text: &str) -> Run {
             }
             Ok::<u32, Error>(value)
         }
-    }));
+    });
+    let svc = if nested {
+        policy.layer_nested(service)
+    } else {
+        policy.layer(service)
+    };
     let start = Instant::now();
     let mut results = Vec::new();
-    let mut call = async |call: Call<u32>| {
-        let result = svc.clone().oneshot(call).await;
-        results.push(format!("{result:?}"));
-    };
+    let call = async |call: Call<u32>| format!("{:?}", svc.clone().oneshot(call).await);
     for value in [0, 3, 3, 2, 1, 1, 1, 0] {
-        call(Call::new(value)).await;
+        results.push(call(Call::new(value)).await);
     }
+    // Refused by the open breaker, then polled again after its answer.
+    let mut refused = Box::pin(svc.clone().ready().await.unwrap().call(Call::new(0)));
+    results.push(format!("{:?}", refused.as_mut().await));
+    results.push(format!(
+        "{:?}",
+        std::future::poll_fn(|cx| refused.as_mut().poll(cx)).await
+    ));
+    // The half-open probe, given up by its caller: the breaker opens again.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let probe = tokio::time::timeout(Duration::from_millis(10), call(Call::new(2))).await;
+    results.push(format!("{probe:?}"));
+    results.push(call(Call::new(0)).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
     for value in [0, 0, 0] {
-        call(Call::new(value)).await;
+        results.push(call(Call::new(value)).await);
     }
+    let (a, b) = tokio::join!(call(Call::new(0)), call(Call::new(3)));
+    results.extend([a, b]);
     let mut late = Call::new(0);
     late.set_deadline(Instant::now());
-    call(late).await;
+    results.push(call(late).await);
+    let mut hurried = Call::new(2);
+    hurried.set_deadline(Instant::now() + Duration::from_millis(50));
+    results.push(call(hurried).await);
     for _ in 0..6 {
-        call(Call::new(3)).await;
+        results.push(call(Call::new(3)).await);
     }
     Run {
         results,
@@ -366,16 +393,27 @@ async fn the_fused_stack_does_what_the_layers_do() {
         min_retries_per_second = 1
         ttl = "1s"
     "#;
-    let fused = scripted_calls(POLICY).await;
-    // A bulkhead that never fills makes the stack layered and changes nothing else.
-    let layered = scripted_calls(&format!("{POLICY}\n[bulkhead]\nmax_concurrent = 1000\n")).await;
-    assert_eq!(fused, layered);
+    let fused = scripted_calls(POLICY, false, true).await;
+    assert_eq!(fused, scripted_calls(POLICY, true, true).await);
+    // Without an observer.
+    assert_eq!(
+        scripted_calls(POLICY, false, false).await,
+        scripted_calls(POLICY, true, false).await
+    );
+    // Without retries.
+    let once = POLICY.replace("max_attempts = 3", "max_attempts = 1");
+    assert_eq!(
+        scripted_calls(&once, false, true).await,
+        scripted_calls(&once, true, true).await
+    );
 
     // The script reaches what it means to.
     let seen = fused.events.join("\n");
     for expected in [
         "Retry { service: \"users\", attempt: 2",
         "BreakerTransition { service: \"users\", from: Closed, to: Open }",
+        "BreakerTransition { service: \"users\", from: HalfOpen, to: Open }",
+        "BreakerTransition { service: \"users\", from: HalfOpen, to: Closed }",
         "Rejected { service: \"users\", policy: \"breaker\"",
         "Rejected { service: \"users\", policy: \"deadline\"",
         "Rejected { service: \"users\", policy: \"retry\", kind: \"budget-exhausted\" }",
@@ -383,9 +421,14 @@ async fn the_fused_stack_does_what_the_layers_do() {
     ] {
         assert!(seen.contains(expected), "{expected} not in\n{seen}");
     }
+    let results = &fused.results;
     assert!(
-        fused.results.iter().any(|r| r.contains("DeadlineExceeded")),
-        "{:?}",
-        fused.results
+        results[8].contains("BreakerOpen") && results[9] == results[8],
+        "{results:?}"
+    );
+    assert!(results[10].contains("Elapsed"), "{results:?}");
+    assert!(
+        results.iter().any(|r| r.contains("DeadlineExceeded")),
+        "{results:?}"
     );
 }

@@ -116,8 +116,8 @@ where
                 classifier: Some(self.classifier.clone()),
                 start: crate::clock::now(),
             },
-            Err(error) => ResponseFuture {
-                kind: Kind::Rejected { error: Some(error) },
+            Err(retry_after) => ResponseFuture {
+                kind: Kind::Rejected { retry_after },
                 permit: None,
                 classifier: None,
                 start: crate::clock::now(),
@@ -126,18 +126,17 @@ where
     }
 }
 
-/// A permit for one call, or the [`Error::BreakerOpen`] that refuses it
-/// (reported as a rejection).
-pub(crate) fn admit(breaker: &CircuitBreaker) -> Result<Permit, Error> {
+/// A permit for one call, or the refusal (reported as a rejection) with
+/// the time until the breaker lets a call through: the `retry_after` of
+/// the [`Error::BreakerOpen`] the caller answers with.
+pub(crate) fn admit(breaker: &CircuitBreaker) -> Result<Permit, Duration> {
     breaker.try_acquire().map_err(|err| {
         breaker.events().emit(|service| Event::Rejected {
             service,
             policy: "breaker",
             kind: err.kind(),
         });
-        Error::BreakerOpen {
-            retry_after: err.retry_after().unwrap_or(Duration::ZERO),
-        }
+        err.retry_after().unwrap_or(Duration::ZERO)
     })
 }
 
@@ -159,7 +158,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Called { #[pin] future: F },
-        Rejected { error: Option<Error> },
+        Rejected { retry_after: Duration },
     }
 }
 
@@ -182,9 +181,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Rejected { error } => Poll::Ready(Err(error.take().unwrap_or_else(|| {
-                Error::Upstream("breaker future polled after completion".into())
-            }))),
+            KindProj::Rejected { retry_after } => Poll::Ready(Err(Error::BreakerOpen {
+                retry_after: *retry_after,
+            })),
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx)).map_err(Error::from_inner);
                 if let (Some(permit), Some(classifier)) =
