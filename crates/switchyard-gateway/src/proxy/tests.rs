@@ -226,3 +226,18 @@ async fn an_upstream_not_ready_at_once_is_waited_for_and_a_failing_one_fails_the
         }
     }
 }
+
+/// The one address kept per thread never answers for another: alternating
+/// clients each get their own, IPv6 included.
+#[test]
+fn the_kept_address_value_is_the_clients_own() {
+    let v4 = std::net::IpAddr::from([192, 0, 2, 7]);
+    let other = std::net::IpAddr::from([10, 0, 0, 255]);
+    let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+    for _ in 0..2 {
+        assert_eq!(ip_value(v4).unwrap(), "192.0.2.7");
+        assert_eq!(ip_value(v4).unwrap(), "192.0.2.7");
+        assert_eq!(ip_value(other).unwrap(), "10.0.0.255");
+        assert_eq!(ip_value(v6).unwrap(), "2001:db8::1");
+    }
+}
