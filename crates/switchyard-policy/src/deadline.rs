@@ -10,6 +10,10 @@
 //! [`AttemptTimeout`] bounds each attempt (it sits inside retry and hedging)
 //! by `min(attempt_timeout, time left until the deadline)`.
 //!
+//! Both set up their timer only when the call first has to wait, and then
+//! borrow the task's [`LentTimer`] when a server lends one (one timer per
+//! connection instead of one per call).
+//!
 //! The inner service reads the time left with
 //! [`PolicyRequest::remaining`], so a
 //! transport can propagate it to the next hop.
@@ -37,7 +41,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -200,7 +204,7 @@ where
         let carried = req.deadline();
         if carried.is_none() && self.timeout.is_none() {
             // The common case for a service without deadlines: no timer at all.
-            return ResponseFuture::new(Some(self.inner.call(req)), None);
+            return ResponseFuture::new(Some(self.inner.call(req)), Timer::None);
         }
         let now = crate::clock::now();
         let bound = earlier(carried, self.timeout.map(|t| now + t));
@@ -244,13 +248,10 @@ where
             if let Some(events) = events {
                 report_late(events);
             }
-            ResponseFuture::new(None, None)
+            ResponseFuture::new(None, Timer::None)
         }
-        Some(at) => ResponseFuture::new(
-            Some(inner.call(req)),
-            timer.then(|| tokio::time::sleep_until(at)),
-        ),
-        None => ResponseFuture::new(Some(inner.call(req)), None),
+        Some(at) if timer => ResponseFuture::new(Some(inner.call(req)), Timer::At { at }),
+        _ => ResponseFuture::new(Some(inner.call(req)), Timer::None),
     }
 }
 
@@ -262,13 +263,19 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         #[pin]
-        sleep: Option<Sleep>,
+        timer: Timer,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().timer.give_back();
+        }
     }
 }
 
 impl<F> ResponseFuture<F> {
-    fn new(inner: Option<F>, sleep: Option<Sleep>) -> Self {
-        Self { inner, sleep }
+    fn new(inner: Option<F>, timer: Timer) -> Self {
+        Self { inner, timer }
     }
 }
 
@@ -280,17 +287,261 @@ where
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(Err(Error::DeadlineExceeded));
         };
         if let Poll::Ready(out) = inner.poll(cx) {
+            this.timer.as_mut().give_back();
             return Poll::Ready(out.map_err(Error::from_inner));
         }
-        match this.sleep.as_pin_mut() {
-            Some(sleep) => sleep.poll(cx).map(|()| Err(Error::DeadlineExceeded)),
-            None => Poll::Pending,
+        if this.timer.as_mut().poll_passed(cx).is_ready() {
+            this.timer.give_back();
+            return Poll::Ready(Err(Error::DeadlineExceeded));
         }
+        Poll::Pending
+    }
+}
+
+pin_project! {
+    /// How a call waits for its bound. No timer is set up until the inner
+    /// future first has to wait: then the task's [`LentTimer`] is borrowed
+    /// when it lends one and no other call holds it, or a timer of the
+    /// call's own is made.
+    #[project = TimerProj]
+    #[derive(Debug)]
+    enum Timer {
+        None,
+        At { at: Instant },
+        Lent { at: Instant, id: u64 },
+        Own { #[pin] sleep: Sleep },
+    }
+}
+
+impl Timer {
+    /// Ready once the bound has passed.
+    fn poll_passed(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let (at, lent) = match self.as_mut().project() {
+                TimerProj::None => return Poll::Pending,
+                TimerProj::Own { sleep } => return sleep.poll(cx),
+                TimerProj::At { at } => (*at, None),
+                TimerProj::Lent { at, id } => (*at, Some(*id)),
+            };
+            match lent {
+                None => match with_lent(LentState::borrow).flatten() {
+                    Some(id) => self.set(Timer::Lent { at, id }),
+                    None => self.set(Timer::Own {
+                        sleep: tokio::time::sleep_until(at),
+                    }),
+                },
+                Some(id) => match with_lent(|lent| lent.poll_until(id, at, cx)).flatten() {
+                    Some(poll) => return poll,
+                    // Polled outside the lender's polls (the future was
+                    // moved to another task): a timer of its own from here
+                    // on. The lender's stays lent; its later calls make
+                    // their own.
+                    None => self.set(Timer::Own {
+                        sleep: tokio::time::sleep_until(at),
+                    }),
+                },
+            }
+        }
+    }
+
+    /// Returns a lent timer, so that the lender's next call can borrow it.
+    fn give_back(mut self: Pin<&mut Self>) {
+        if let Timer::Lent { id, .. } = *self {
+            with_lent(|lent| lent.give_back(id));
+            self.set(Timer::None);
+        }
+    }
+}
+
+thread_local! {
+    /// The timer lent to the calls polled on this thread right now, while
+    /// a [`Lending`] lives.
+    static LENT: std::cell::Cell<Option<LentTimer>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` on the timer lent right now, if any.
+fn with_lent<R>(f: impl FnOnce(&mut LentState) -> R) -> Option<R> {
+    LENT.try_with(|cell| {
+        let mut lent = cell.take()?;
+        let out = f(&mut lent.0);
+        cell.set(Some(lent));
+        Some(out)
+    })
+    .ok()
+    .flatten()
+}
+
+/// A timer a task lends to the calls it waits on, one call at a time, so
+/// that a call's deadline costs no timer of its own.
+///
+/// Without it each call (each attempt, with retries) sets up a timer in
+/// tokio's timer wheel and removes it when the answer comes: the most
+/// expensive step of the policy stack (`docs/performance.md`). A server
+/// task that answers one request after another (an HTTP/1.1 connection)
+/// keeps one `LentTimer` and polls each request's future under
+/// [`LentTimer::lend`]: the deadline layers then borrow the timer, move it
+/// only when the call's bound is earlier than the one it is set for, and
+/// when it fires for an earlier call's bound set it again for their own.
+/// Calls with the same timeout, one after the other, touch the timer wheel
+/// once per timeout, not once per call; and a call polled again with the
+/// waker the timer already holds does not poll it again.
+///
+/// Calls waiting at the same time in one task (hedges, the parallel calls
+/// of a composition) each use a timer of their own but the first, as do
+/// calls polled outside any lending.
+///
+/// ```
+/// use std::{future::Future, pin::pin, task::Poll, time::Duration};
+/// use switchyard_policy::{deadline::{AttemptTimeoutLayer, LentTimer}, Call, Error};
+/// use tower::{service_fn, Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let svc = AttemptTimeoutLayer::new(Some(Duration::from_millis(50))).layer(service_fn(
+///     |_call: Call<()>| async {
+///         tokio::time::sleep(Duration::from_secs(1)).await;
+///         Ok::<_, Error>(())
+///     },
+/// ));
+/// // A served connection keeps its timer from one request to the next.
+/// let mut timer = Some(LentTimer::new());
+/// for _ in 0..2 {
+///     let mut call = pin!(svc.clone().oneshot(Call::new(())));
+///     let out = std::future::poll_fn(|cx| {
+///         let _lending = LentTimer::lend(&mut timer);
+///         call.as_mut().poll(cx)
+///     })
+///     .await;
+///     assert!(matches!(out, Err(Error::DeadlineExceeded)));
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct LentTimer(
+    // Boxed: the lender moves in and out of the thread's slot at each poll,
+    // a pointer costs less to move than the state.
+    Box<LentState>,
+);
+
+/// What a [`LentTimer`] holds.
+#[derive(Debug)]
+struct LentState {
+    /// Which lender this is, so that a call holding its timer can tell it
+    /// from another's.
+    id: u64,
+    /// Made at the first borrow.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The waker `sleep` was last polled with, while it can still wake it
+    /// (neither fired nor moved since).
+    waker: Option<Waker>,
+    lent: bool,
+}
+
+impl Default for LentTimer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LentTimer {
+    /// A timer to lend; no timer is set up until a call first waits on it.
+    pub fn new() -> Self {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(Box::new(LentState {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            sleep: None,
+            waker: None,
+            lent: false,
+        }))
+    }
+
+    /// Lends the timer in `slot` (made there if there is none) to the
+    /// calls polled on this thread until the returned guard is dropped:
+    /// hold it while polling the calls' future, and only then. It goes
+    /// back to `slot` when the guard is dropped.
+    pub fn lend(slot: &mut Option<LentTimer>) -> Lending<'_> {
+        slot.get_or_insert_with(LentTimer::new);
+        swap_lent(slot);
+        Lending { slot }
+    }
+}
+
+impl LentState {
+    /// Lends the timer when no call holds it: the lender's id.
+    fn borrow(&mut self) -> Option<u64> {
+        if self.lent {
+            return None;
+        }
+        self.lent = true;
+        Some(self.id)
+    }
+
+    /// Waits, for the call holding the timer as `id`, until `at`; `None`
+    /// when this is not the lender it borrowed from.
+    fn poll_until(&mut self, id: u64, at: Instant, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        if self.id != id || !self.lent {
+            return None;
+        }
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if at < sleep.deadline() {
+            sleep.as_mut().reset(at);
+            self.waker = None;
+        }
+        if let Some(waker) = &self.waker {
+            // Set for `at` or earlier and polled with this waker since:
+            // when it fires, it wakes this task.
+            if waker.will_wake(cx.waker()) && !sleep.is_elapsed() {
+                return Some(Poll::Pending);
+            }
+        }
+        // Set for an earlier call's bound, it fires early: set again for
+        // this one's (re-arming a fired timer is one insertion in the
+        // wheel, as a new timer would be; one that has not fired is not
+        // touched).
+        while sleep.as_mut().poll(cx).is_ready() {
+            if sleep.deadline() >= at {
+                self.waker = None;
+                return Some(Poll::Ready(()));
+            }
+            sleep.as_mut().reset(at);
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        Some(Poll::Pending)
+    }
+
+    /// Takes the timer back from the call holding it as `id`.
+    fn give_back(&mut self, id: u64) {
+        if self.id == id {
+            self.lent = false;
+        }
+    }
+}
+
+/// Swaps `slot` with the thread's lent timer.
+fn swap_lent(slot: &mut Option<LentTimer>) {
+    let _ = LENT.try_with(|cell| {
+        let mine = slot.take();
+        *slot = cell.replace(mine);
+    });
+}
+
+/// A timer lent while this lives; see [`LentTimer::lend`].
+#[derive(Debug)]
+pub struct Lending<'a> {
+    slot: &'a mut Option<LentTimer>,
+}
+
+impl Drop for Lending<'_> {
+    fn drop(&mut self) {
+        swap_lent(self.slot);
     }
 }
 
@@ -369,6 +620,190 @@ mod tests {
         let err = svc.oneshot(Call::new(1)).await.unwrap_err();
         assert!(matches!(err, Error::DeadlineExceeded));
         assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+
+    /// A service that takes as long as its call says.
+    fn taking(
+        calls: Arc<AtomicUsize>,
+    ) -> impl Service<Call<Duration>, Response = (), Error = Error, Future: Send> + Clone {
+        service_fn(move |call: Call<Duration>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(call.into_inner()).await;
+                Ok(())
+            }
+        })
+    }
+
+    /// Runs `fut` with the timer in `slot` lent to it.
+    async fn lent<F: Future>(slot: &mut Option<LentTimer>, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            let _lending = LentTimer::lend(slot);
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Runs `call` with the timer in `slot` lent to it; the result and when
+    /// it came (since `start`).
+    async fn lent_call<S>(
+        svc: &S,
+        slot: &mut Option<LentTimer>,
+        call: Call<Duration>,
+        start: Instant,
+    ) -> (Result<(), Error>, Duration)
+    where
+        S: Service<Call<Duration>, Response = (), Error = Error> + Clone,
+    {
+        let out = lent(slot, svc.clone().oneshot(call)).await;
+        (out, start.elapsed())
+    }
+
+    fn is_lent(slot: &Option<LentTimer>) -> bool {
+        slot.as_ref().is_some_and(|t| t.0.lent)
+    }
+
+    // Calls one after another on one lent timer: each is cut at its own
+    // bound, whether the timer was set for an earlier call's (it fires
+    // early and is set again), a later one's (it is moved earlier) or has
+    // fired already; the timer is used and given back each time.
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_timer_bounds_each_call_at_its_own_bound() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc =
+            AttemptTimeoutLayer::new(Some(Duration::from_millis(100))).layer(taking(calls.clone()));
+        let ms = Duration::from_millis;
+        let start = Instant::now();
+        let mut timer = None;
+
+        // Answers before its bound (100 ms): the timer is set for 100 ms.
+        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(10)), start).await;
+        assert!(out.is_ok());
+        assert_eq!(at, ms(10));
+        assert!(
+            timer.as_ref().is_some_and(|t| t.0.sleep.is_some()),
+            "the call used the lent timer"
+        );
+        assert!(!is_lent(&timer), "and gave it back");
+
+        // Bound at 110 ms; the timer fires at 100 for the first call's.
+        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(1000)), start).await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(at, ms(110));
+
+        // A shorter deadline of the call's own: the timer moves earlier.
+        let mut call = Call::new(ms(1000));
+        call.set_deadline(Instant::now() + ms(30));
+        let (out, at) = lent_call(&svc, &mut timer, call, start).await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(at, ms(140));
+
+        // The timer fired last time: set again for this call.
+        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(1000)), start).await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(at, ms(240));
+        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(99)), start).await;
+        assert!(out.is_ok());
+        assert_eq!(at, ms(339));
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        assert!(!is_lent(&timer));
+    }
+
+    // A call woken by something else than its timer, polled again with the
+    // same waker, keeps its bound (the timer is not polled again); with
+    // another waker, the timer wakes that one.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_polled_again_keeps_its_bound() {
+        let ms = Duration::from_millis;
+        let svc = AttemptTimeoutLayer::new(Some(ms(100))).layer(service_fn(|_: Call<()>| async {
+            // Woken twice before the bound, by timers of its own.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Error>(())
+        }));
+        let start = Instant::now();
+        let mut timer = None;
+        let out = lent(&mut timer, svc.clone().oneshot(Call::new(()))).await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(start.elapsed(), ms(100));
+
+        // First polled with a waker that wakes nobody (as under a combinator
+        // with wakers of its own), then with the task's: the timer is
+        // polled again, so that it wakes the task.
+        let mut call = std::pin::pin!(svc.clone().oneshot(Call::new(())));
+        let start = Instant::now();
+        {
+            let _lending = LentTimer::lend(&mut timer);
+            let noop = &mut Context::from_waker(Waker::noop());
+            assert!(call.as_mut().poll(noop).is_pending());
+        }
+        let out = lent(&mut timer, call).await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(start.elapsed(), ms(100));
+
+        // Moved to another task, with another lender: a timer of its own.
+        let mut call = Box::pin(svc.oneshot(Call::new(())));
+        let start = Instant::now();
+        let first = lent(
+            &mut timer,
+            std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_pending())),
+        )
+        .await;
+        assert!(first);
+        let out = tokio::spawn(async move {
+            let mut timer = None;
+            lent(&mut timer, call).await
+        })
+        .await
+        .unwrap();
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(start.elapsed(), ms(100));
+    }
+
+    // Two calls waiting at once in one task: one borrows the timer, the
+    // other makes its own; each is cut at its own bound. A call dropped
+    // while it holds the timer gives it back.
+    #[tokio::test(start_paused = true)]
+    async fn calls_waiting_together_each_keep_their_bound() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let ms = Duration::from_millis;
+        let short = AttemptTimeoutLayer::new(Some(ms(50))).layer(taking(calls.clone()));
+        let long = AttemptTimeoutLayer::new(Some(ms(80))).layer(taking(calls.clone()));
+        let start = Instant::now();
+        let timed = |fut| async move {
+            let out: Result<(), Error> = fut.await;
+            (out, start.elapsed())
+        };
+        let mut timer = None;
+        let ((a, a_at), (b, b_at)) = lent(&mut timer, async {
+            tokio::join!(
+                timed(long.clone().oneshot(Call::new(ms(1000)))),
+                timed(short.clone().oneshot(Call::new(ms(1000)))),
+            )
+        })
+        .await;
+        assert!(matches!(a, Err(Error::DeadlineExceeded)));
+        assert_eq!(a_at, ms(80));
+        assert!(matches!(b, Err(Error::DeadlineExceeded)));
+        assert_eq!(b_at, ms(50));
+        assert!(!is_lent(&timer));
+
+        // Dropped while waiting on the lent timer: given back.
+        lent(&mut timer, async {
+            let mut call = std::pin::pin!(long.clone().oneshot(Call::new(ms(1000))));
+            let pending =
+                std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_pending())).await;
+            assert!(pending);
+            assert_eq!(with_lent(|t| t.lent), Some(true));
+        })
+        .await;
+        assert!(!is_lent(&timer));
+        let now = Instant::now();
+        let (out, at) = lent_call(&short, &mut timer, Call::new(ms(1000)), now).await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(at, ms(50));
     }
 
     #[tokio::test(start_paused = true)]

@@ -76,7 +76,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use http_body::{Body as _, Frame, SizeHint};
 use parking_lot::Mutex;
-use switchyard_policy::BoxError;
+use switchyard_policy::{BoxError, deadline::LentTimer};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     time::{Instant, Sleep},
@@ -212,11 +212,13 @@ where
         draining: false,
         first: true,
         wait_start: switchyard_policy::clock::now(),
+        timer_waker: None,
     };
     let mut drain = pin!(drain);
     // One timer for the connection's life: it is re-armed only when it
     // fires early, not per request (see `Conn::poll_head`).
     let mut timer = pin!(tokio::time::sleep(config.header_read_timeout));
+    let mut lent: Option<LentTimer> = None;
     loop {
         let head = poll_fn(|cx| conn.poll_head(cx, timer.as_mut(), drain.as_mut())).await;
         let head = match head {
@@ -260,6 +262,9 @@ where
                 // The pump's result shows on the body the handler reads.
                 let _ = p.poll(&mut conn.io, &mut conn.buf, cx);
             }
+            // The connection's calls borrow one timer for their deadlines,
+            // one request after another, instead of each setting up its own.
+            let _lending = LentTimer::lend(&mut lent);
             call.as_mut().poll(cx)
         })
         .await
@@ -356,6 +361,8 @@ struct Conn<'a, I> {
     first: bool,
     /// When the wait for the current head began.
     wait_start: Instant,
+    /// The waker the head-read timer was last polled with.
+    timer_waker: Option<Waker>,
 }
 
 /// What waiting for a head gave.
@@ -417,14 +424,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             if self.draining && self.buf.is_empty() {
                 return Poll::Ready(Waited::Closed);
             }
-            while timer.as_mut().poll(cx).is_ready() {
-                let deadline = self.wait_start + self.config.header_read_timeout;
-                // The real clock: the timer fired, and a cached instant
-                // could stay short of the deadline for the whole poll.
-                if Instant::now() >= deadline {
-                    return Poll::Ready(Waited::Closed);
+            // Polled with this waker since it was last set, and not fired:
+            // it will wake this task, and polling it again would only
+            // register the same waker again.
+            let armed = self
+                .timer_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if !armed || timer.is_elapsed() {
+                while timer.as_mut().poll(cx).is_ready() {
+                    let deadline = self.wait_start + self.config.header_read_timeout;
+                    // The real clock: the timer fired, and a cached instant
+                    // could stay short of the deadline for the whole poll.
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(Waited::Closed);
+                    }
+                    timer.as_mut().reset(deadline);
                 }
-                timer.as_mut().reset(deadline);
+                if !armed {
+                    self.timer_waker = Some(cx.waker().clone());
+                }
             }
             return Poll::Pending;
         }
