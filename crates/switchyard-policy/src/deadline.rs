@@ -503,8 +503,12 @@ impl LentState {
         // Set for an earlier call's bound, it fires early: set again for
         // this one's (re-arming a fired timer is one insertion in the
         // wheel, as a new timer would be; one that has not fired is not
-        // touched).
-        while sleep.as_mut().poll(cx).is_ready() {
+        // touched). Polled outside the task's budget: a poll refused for
+        // budget registers no waker, and the waker kept below says one is.
+        while Pin::new(&mut tokio::task::coop::unconstrained(sleep.as_mut()))
+            .poll(cx)
+            .is_ready()
+        {
             if sleep.deadline() >= at {
                 self.waker = None;
                 return Some(Poll::Ready(()));
@@ -664,6 +668,36 @@ mod tests {
         slot.as_ref().is_some_and(|t| t.0.lent)
     }
 
+    // The call first waits with the task's budget spent (a poll of the
+    // timer then would be refused): the lent timer still fires at the
+    // bound, though the call is polled again with the same waker.
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_timer_first_polled_without_budget_still_fires() {
+        let ms = Duration::from_millis;
+        let svc = AttemptTimeoutLayer::new(Some(ms(100))).layer(service_fn(|_: Call<()>| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Error>(())
+        }));
+        let mut timer = None;
+        let mut call = std::pin::pin!(svc.oneshot(Call::new(())));
+        let start = Instant::now();
+        let mut first = true;
+        let out = std::future::poll_fn(|cx| {
+            let _lending = LentTimer::lend(&mut timer);
+            if std::mem::take(&mut first) {
+                while tokio::task::coop::has_budget_remaining() {
+                    let _ = std::pin::pin!(tokio::task::consume_budget()).poll(cx);
+                }
+            }
+            call.as_mut().poll(cx)
+        })
+        .await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(start.elapsed(), ms(100));
+    }
+
     // Calls one after another on one lent timer: each is cut at its own
     // bound, whether the timer was set for an earlier call's (it fires
     // early and is set again), a later one's (it is moved earlier) or has
@@ -687,26 +721,33 @@ mod tests {
         );
         assert!(!is_lent(&timer), "and gave it back");
 
-        // Bound at 110 ms; the timer fires at 100 for the first call's.
-        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(1000)), start).await;
-        assert!(matches!(out, Err(Error::DeadlineExceeded)));
-        assert_eq!(at, ms(110));
-
-        // A shorter deadline of the call's own: the timer moves earlier.
+        // A deadline of the call's own (40 ms), before the one the timer
+        // is set for: the timer moves earlier.
         let mut call = Call::new(ms(1000));
         call.set_deadline(Instant::now() + ms(30));
         let (out, at) = lent_call(&svc, &mut timer, call, start).await;
         assert!(matches!(out, Err(Error::DeadlineExceeded)));
-        assert_eq!(at, ms(140));
+        assert_eq!(at, ms(40));
 
-        // The timer fired last time: set again for this call.
+        // The timer fired last time: set again for this call (140 ms).
         let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(1000)), start).await;
         assert!(matches!(out, Err(Error::DeadlineExceeded)));
-        assert_eq!(at, ms(240));
+        assert_eq!(at, ms(140));
+
+        // Answers at 150 ms; the timer stays set for its bound (240 ms).
+        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(10)), start).await;
+        assert!(out.is_ok());
+        assert_eq!(at, ms(150));
+
+        // Bound at 250 ms: the timer fires early, at the previous call's
+        // bound, and is set again for this one's.
+        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(1000)), start).await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded)));
+        assert_eq!(at, ms(250));
         let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(99)), start).await;
         assert!(out.is_ok());
-        assert_eq!(at, ms(339));
-        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        assert_eq!(at, ms(349));
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
         assert!(!is_lent(&timer));
     }
 

@@ -432,7 +432,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 .as_ref()
                 .is_some_and(|w| w.will_wake(cx.waker()));
             if !armed || timer.is_elapsed() {
-                while timer.as_mut().poll(cx).is_ready() {
+                // Outside the task's budget: a poll refused for budget
+                // registers no waker, and the one kept below says it did.
+                while Pin::new(&mut tokio::task::coop::unconstrained(timer.as_mut()))
+                    .poll(cx)
+                    .is_ready()
+                {
                     let deadline = self.wait_start + self.config.header_read_timeout;
                     // The real clock: the timer fired, and a cached instant
                     // could stay short of the deadline for the whole poll.
