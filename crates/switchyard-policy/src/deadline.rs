@@ -639,6 +639,18 @@ mod tests {
         })
     }
 
+    /// A service whose call is woken twice (at 20 and 40 ms, by timers of
+    /// its own) and then takes a second.
+    fn woken_twice_then_stalled()
+    -> impl Service<Call<()>, Response = (), Error = Error, Future: Send + 'static> + Clone {
+        service_fn(|_: Call<()>| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(())
+        })
+    }
+
     /// Runs `fut` with the timer in `slot` lent to it.
     async fn lent<F: Future>(slot: &mut Option<LentTimer>, fut: F) -> F::Output {
         let mut fut = std::pin::pin!(fut);
@@ -674,12 +686,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lent_timer_first_polled_without_budget_still_fires() {
         let ms = Duration::from_millis;
-        let svc = AttemptTimeoutLayer::new(Some(ms(100))).layer(service_fn(|_: Call<()>| async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, Error>(())
-        }));
+        let svc = AttemptTimeoutLayer::new(Some(ms(100))).layer(woken_twice_then_stalled());
         let mut timer = None;
         let mut call = std::pin::pin!(svc.oneshot(Call::new(())));
         let start = Instant::now();
@@ -721,32 +728,30 @@ mod tests {
         );
         assert!(!is_lent(&timer), "and gave it back");
 
-        // A deadline of the call's own (40 ms), before the one the timer
-        // is set for: the timer moves earlier.
-        let mut call = Call::new(ms(1000));
-        call.set_deadline(Instant::now() + ms(30));
-        let (out, at) = lent_call(&svc, &mut timer, call, start).await;
-        assert!(matches!(out, Err(Error::DeadlineExceeded)));
-        assert_eq!(at, ms(40));
-
-        // The timer fired last time: set again for this call (140 ms).
-        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(1000)), start).await;
-        assert!(matches!(out, Err(Error::DeadlineExceeded)));
-        assert_eq!(at, ms(140));
-
-        // Answers at 150 ms; the timer stays set for its bound (240 ms).
-        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(10)), start).await;
-        assert!(out.is_ok());
-        assert_eq!(at, ms(150));
-
-        // Bound at 250 ms: the timer fires early, at the previous call's
-        // bound, and is set again for this one's.
-        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(1000)), start).await;
-        assert!(matches!(out, Err(Error::DeadlineExceeded)));
-        assert_eq!(at, ms(250));
-        let (out, at) = lent_call(&svc, &mut timer, Call::new(ms(99)), start).await;
-        assert!(out.is_ok());
-        assert_eq!(at, ms(349));
+        // (what the call takes, a deadline of its own, answered?, when)
+        let steps = [
+            // A deadline of its own (40 ms), before the one the timer is
+            // set for: the timer moves earlier.
+            (1000, Some(30), false, 40),
+            // The timer fired last time: set again for this call (140 ms).
+            (1000, None, false, 140),
+            // Answers at 150 ms; the timer stays set for its bound (240).
+            (10, None, true, 150),
+            // Bound at 250 ms: the timer fires early, at the previous
+            // call's bound, and is set again for this one's.
+            (1000, None, false, 250),
+            (99, None, true, 349),
+        ];
+        for (takes, own, answered, when) in steps {
+            let mut call = Call::new(ms(takes));
+            if let Some(own) = own {
+                call.set_deadline(Instant::now() + ms(own));
+            }
+            let (out, at) = lent_call(&svc, &mut timer, call, start).await;
+            assert_eq!(out.is_ok(), answered, "{out:?} at {at:?}");
+            assert!(answered || matches!(out, Err(Error::DeadlineExceeded)));
+            assert_eq!(at, ms(when));
+        }
         assert_eq!(calls.load(Ordering::SeqCst), 6);
         assert!(!is_lent(&timer));
     }
@@ -757,13 +762,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_polled_again_keeps_its_bound() {
         let ms = Duration::from_millis;
-        let svc = AttemptTimeoutLayer::new(Some(ms(100))).layer(service_fn(|_: Call<()>| async {
-            // Woken twice before the bound, by timers of its own.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, Error>(())
-        }));
+        let svc = AttemptTimeoutLayer::new(Some(ms(100))).layer(woken_twice_then_stalled());
         let start = Instant::now();
         let mut timer = None;
         let out = lent(&mut timer, svc.clone().oneshot(Call::new(()))).await;
