@@ -489,36 +489,7 @@ impl LentState {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        if at < sleep.deadline() {
-            sleep.as_mut().reset(at);
-            self.waker = None;
-        }
-        if let Some(waker) = &self.waker {
-            // Set for `at` or earlier and polled with this waker since:
-            // when it fires, it wakes this task.
-            if waker.will_wake(cx.waker()) && !sleep.is_elapsed() {
-                return Some(Poll::Pending);
-            }
-        }
-        // Set for an earlier call's bound, it fires early: set again for
-        // this one's (re-arming a fired timer is one insertion in the
-        // wheel, as a new timer would be; one that has not fired is not
-        // touched). Polled outside the task's budget: a poll refused for
-        // budget registers no waker, and the waker kept below says one is.
-        while Pin::new(&mut tokio::task::coop::unconstrained(sleep.as_mut()))
-            .poll(cx)
-            .is_ready()
-        {
-            if sleep.deadline() >= at {
-                self.waker = None;
-                return Some(Poll::Ready(()));
-            }
-            sleep.as_mut().reset(at);
-        }
-        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            self.waker = Some(cx.waker().clone());
-        }
-        Some(Poll::Pending)
+        Some(poll_reused(sleep.as_mut(), &mut self.waker, at, cx))
     }
 
     /// Takes the timer back from the call holding it as `id`.
@@ -527,6 +498,50 @@ impl LentState {
             self.lent = false;
         }
     }
+}
+
+/// Waits on a timer kept for one wait after another (a connection's),
+/// until `at`: ready once `at` has passed.
+///
+/// The timer is moved only when `at` is earlier than the instant it is set
+/// for; set for an earlier wait's instant, it fires early and is set again
+/// for `at` (re-arming a fired timer is one insertion in the wheel, as a
+/// new timer would be; one that has not fired is not touched). `polled_with`
+/// keeps the waker it was last polled with: while that waker would wake
+/// the one polling now and the timer has not fired, it is not polled again
+/// (that would only register the same waker again). It is polled outside
+/// tokio's per-task budget: a poll refused for budget registers no waker,
+/// and `polled_with` would then say one is.
+pub fn poll_reused(
+    mut sleep: Pin<&mut Sleep>,
+    polled_with: &mut Option<Waker>,
+    at: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    if at < sleep.deadline() {
+        sleep.as_mut().reset(at);
+        *polled_with = None;
+    }
+    let armed = polled_with
+        .as_ref()
+        .is_some_and(|w| w.will_wake(cx.waker()));
+    if armed && !sleep.is_elapsed() {
+        return Poll::Pending;
+    }
+    while Pin::new(&mut tokio::task::coop::unconstrained(sleep.as_mut()))
+        .poll(cx)
+        .is_ready()
+    {
+        if sleep.deadline() >= at {
+            *polled_with = None;
+            return Poll::Ready(());
+        }
+        sleep.as_mut().reset(at);
+    }
+    if !armed {
+        *polled_with = Some(cx.waker().clone());
+    }
+    Poll::Pending
 }
 
 /// Swaps `slot` with the thread's lent timer.

@@ -76,7 +76,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use http_body::{Body as _, Frame, SizeHint};
 use parking_lot::Mutex;
-use switchyard_policy::{BoxError, deadline::LentTimer};
+use switchyard_policy::{
+    BoxError,
+    deadline::{LentTimer, poll_reused},
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     time::{Instant, Sleep},
@@ -217,7 +220,9 @@ where
     let mut drain = pin!(drain);
     // One timer for the connection's life: it is re-armed only when it
     // fires early, not per request (see `Conn::poll_head`).
-    let mut timer = pin!(tokio::time::sleep(config.header_read_timeout));
+    let mut timer = pin!(tokio::time::sleep_until(
+        conn.wait_start + config.header_read_timeout
+    ));
     let mut lent: Option<LentTimer> = None;
     loop {
         let head = poll_fn(|cx| conn.poll_head(cx, timer.as_mut(), drain.as_mut())).await;
@@ -382,11 +387,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
     ///
     /// The timer is armed at connection start and, when it fires, re-armed
     /// at `wait_start + header_read_timeout` if that is later: per request
-    /// this costs one clock read and no timer-wheel update.
+    /// this costs one clock read and no timer-wheel update (`poll_reused`).
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
-        mut timer: Pin<&mut Sleep>,
+        timer: Pin<&mut Sleep>,
         drain: Pin<&mut impl Future<Output = ()>>,
     ) -> Poll<Waited> {
         loop {
@@ -424,31 +429,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             if self.draining && self.buf.is_empty() {
                 return Poll::Ready(Waited::Closed);
             }
-            // Polled with this waker since it was last set, and not fired:
-            // it will wake this task, and polling it again would only
-            // register the same waker again.
-            let armed = self
-                .timer_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()));
-            if !armed || timer.is_elapsed() {
-                // Outside the task's budget: a poll refused for budget
-                // registers no waker, and the one kept below says it did.
-                while Pin::new(&mut tokio::task::coop::unconstrained(timer.as_mut()))
-                    .poll(cx)
-                    .is_ready()
-                {
-                    let deadline = self.wait_start + self.config.header_read_timeout;
-                    // The real clock: the timer fired, and a cached instant
-                    // could stay short of the deadline for the whole poll.
-                    if Instant::now() >= deadline {
-                        return Poll::Ready(Waited::Closed);
-                    }
-                    timer.as_mut().reset(deadline);
-                }
-                if !armed {
-                    self.timer_waker = Some(cx.waker().clone());
-                }
+            let deadline = self.wait_start + self.config.header_read_timeout;
+            if poll_reused(timer, &mut self.timer_waker, deadline, cx).is_ready() {
+                return Poll::Ready(Waited::Closed);
             }
             return Poll::Pending;
         }
