@@ -73,7 +73,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, Version, header};
 use http_body::{Body as _, Frame, SizeHint};
 use parking_lot::Mutex;
 use switchyard_policy::{
@@ -539,9 +539,7 @@ fn parse_request(
     // growing the map.
     let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     for (name, range) in spans.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
-            .map_err(|_| Refusal::bad(format!("invalid value for header {name}")))?;
-        headers.append(name, value);
+        headers.append(name, crate::h1::parsed_value(&head, range));
     }
 
     // A body that arrived whole with its head is handed over in memory.
@@ -1243,6 +1241,7 @@ mod date {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn hex_sizes() {
