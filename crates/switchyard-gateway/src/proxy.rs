@@ -91,10 +91,7 @@ use http::{
 };
 use switchyard_client::{SharedRequest, time_left_value};
 use switchyard_policy::{Error, PolicyRequest, ReplayBody, is_caused_by};
-use switchyard_transport::{
-    AddedFields, Body, BodyTooLarge, Head,
-    server::{content_length, framing_refusal},
-};
+use switchyard_transport::{AddedFields, Body, BodyTooLarge, Head, server::request_framing};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt, util::BoxCloneSyncService};
 use tower_layer::Layer;
@@ -623,11 +620,11 @@ impl Inner {
         table: &RouteTable,
         dest: &mut Option<Dest>,
     ) -> Result<Box<Admitted>, Box<Problem>> {
-        check_framing(&req)?;
+        let length = request_framing(req.headers(), req.version()).map_err(Problem::bad_request)?;
         if req.headers().len() > self.max_headers {
             return Err(Problem::header_too_large(self.max_headers).into());
         }
-        if content_length(req.headers()).is_some_and(|len| len > self.max_body) {
+        if length.is_some_and(|len| len > self.max_body) {
             return Err(Problem::payload_too_large(self.max_body).into());
         }
 
@@ -1198,14 +1195,6 @@ const SERVICE: HeaderName = HeaderName::from_static(SERVICE_HEADER);
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Refuses requests whose framing is ambiguous; see the module docs.
-fn check_framing(req: &Request<Body>) -> Result<(), Problem> {
-    match framing_refusal(req.headers(), req.version()) {
-        Some(why) => Err(Problem::bad_request(why)),
-        None => Ok(()),
-    }
-}
 
 /// The received request id if usable, otherwise a new one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {

@@ -87,14 +87,16 @@ fn a_plain_keep_alive_connection_field_is_all_that_goes() {
 
 #[test]
 fn content_length_must_be_one_number() {
-    assert_eq!(content_length(&map(&[("content-length", "12")])), Some(12));
-    assert_eq!(content_length(&map(&[("content-length", "1,1")])), None);
-    assert_eq!(content_length(&map(&[("content-length", "-1")])), None);
-    assert_eq!(
-        content_length(&map(&[("content-length", "1"), ("content-length", "1")])),
-        None
-    );
-    assert_eq!(content_length(&HeaderMap::new()), None);
+    let framing =
+        |fields: &[(&'static str, &'static str)]| request_framing(&map(fields), Version::HTTP_11);
+    assert_eq!(framing(&[("content-length", "12")]), Ok(Some(12)));
+    assert_eq!(framing(&[("content-length", " 12 ")]), Ok(Some(12)));
+    assert!(framing(&[("content-length", "1,1")]).is_err());
+    assert!(framing(&[("content-length", "-1")]).is_err());
+    assert!(framing(&[("content-length", "1"), ("content-length", "1")]).is_err());
+    assert!(framing(&[("content-length", "1"), ("transfer-encoding", "chunked")]).is_err());
+    assert_eq!(framing(&[("transfer-encoding", "chunked")]), Ok(None));
+    assert_eq!(framing(&[("host", "a")]), Ok(None));
 }
 
 #[test]
