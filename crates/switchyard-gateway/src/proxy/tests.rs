@@ -108,6 +108,22 @@ fn request_ids_are_kept_when_usable_and_created_otherwise() {
     assert!(created.as_bytes().iter().all(u8::is_ascii_hexdigit));
     // Two created ids differ.
     assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    // Lower-case hex, every digit in use (at each end of the id too).
+    let ids: Vec<HeaderValue> = (0..200).map(|_| request_id(&HeaderMap::new())).collect();
+    for at in [None, Some(0), Some(31)] {
+        let mut seen: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| match at {
+                None => id.as_bytes().to_vec(),
+                Some(i) => vec![id.as_bytes()[i]],
+            })
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, b"0123456789abcdef", "digits at {at:?}");
+    }
+    // The two digits of a byte are its two halves, not one of them twice.
+    assert!(ids.iter().any(|id| id.as_bytes()[30] != id.as_bytes()[31]));
 }
 
 #[test]
