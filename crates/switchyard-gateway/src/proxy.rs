@@ -48,6 +48,15 @@
 //! `x-request-id` set; problem answers add the headers listed in
 //! [`crate::problem`].
 //!
+//! An HTTP/1.1 upstream's answer to an HTTP/1.x client of the gateway's
+//! own server ([`ForConnection`]) usually keeps its end-to-end fields as
+//! the upstream wrote them, in a
+//! [`RawFields`](switchyard_transport::RawFields) extension the server
+//! writes after the response's map (where `x-request-id` goes, replacing
+//! the upstream's): the map is built only where something reads it (a 5xx
+//! or 429 answer, `Connection` naming fields). A `Proxy` served by another
+//! server (without [`ForConnection`]) always has the fields in the map.
+//!
 //! # Deadline propagation
 //!
 //! `x-switchyard-deadline-ms: <n>` on an incoming request means "the caller
@@ -279,6 +288,9 @@ pub struct Proxy {
 struct Origin {
     peer: Option<SocketAddr>,
     identity: Option<PeerIdentity>,
+    /// The connection is the gateway server's ([`ForConnection`]), whose
+    /// HTTP/1 answers the transport's server writes.
+    served_here: bool,
 }
 
 impl Origin {
@@ -286,6 +298,7 @@ impl Origin {
         Self {
             peer: req.extensions().get::<ClientAddr>().map(|c| c.0),
             identity: req.extensions().get::<PeerIdentity>().cloned(),
+            served_here: false,
         }
     }
 }
@@ -354,7 +367,9 @@ impl Service<Request<Body>> for Proxy {
 }
 
 /// The server tells the proxy once per connection where its requests come
-/// from, rather than tagging each request (three allocations per request).
+/// from, rather than tagging each request (three allocations per request),
+/// and that its HTTP/1 answers are written by the transport's server (so
+/// upstream fields may stay raw, see the [module docs](self)).
 impl ForConnection for Proxy {
     fn for_connection(&self, peer: SocketAddr, identity: Option<&PeerIdentity>) -> Option<Self> {
         Some(Self {
@@ -362,6 +377,7 @@ impl ForConnection for Proxy {
             origin: Some(Origin {
                 peer: Some(peer),
                 identity: identity.cloned(),
+                served_here: true,
             }),
         })
     }
@@ -493,6 +509,9 @@ struct Admitted {
     retry_non_idempotent: bool,
     identity: Option<Identity>,
     peer: Option<SocketAddr>,
+    /// The answer is written by the transport's HTTP/1 server: the
+    /// upstream's fields may stay raw ([`RawFields`](switchyard_transport::RawFields)).
+    raw_response_fields: bool,
 }
 
 impl Admitted {
@@ -715,6 +734,7 @@ impl Inner {
             Cow::Owned(normalized) => Some(normalized),
             Cow::Borrowed(_) => None,
         };
+        let raw_response_fields = origin.served_here && parts.version != Version::HTTP_2;
         // Boxed, and the problem too: the request's future keeps what
         // `admit` returns beside the answer's future, which keeps it too;
         // two copies of half a kilobyte (or of a 120-byte problem), moved
@@ -729,6 +749,7 @@ impl Inner {
             retry_non_idempotent,
             identity,
             peer: origin.peer,
+            raw_response_fields,
         }))
     }
 
@@ -872,6 +893,7 @@ impl Inner {
             rewritten,
             retry_non_idempotent,
             peer,
+            raw_response_fields,
             ..
         } = *admitted;
         let mut headers = parts.headers;
@@ -904,7 +926,11 @@ impl Inner {
         out.uri = uri;
         out.headers = headers;
         Ok(Outbound {
-            head: Arc::new(Head { parts: out, added }),
+            head: Arc::new(Head {
+                parts: out,
+                added,
+                raw_response_fields,
+            }),
             deadline,
             body,
             replay,

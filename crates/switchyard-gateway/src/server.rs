@@ -464,7 +464,10 @@ impl<H: Clone + ForConnection> WithConnection<H> {
 }
 
 /// A handler that can be told once per connection where the connection
-/// comes from, so that its requests need not carry it.
+/// comes from, so that its requests need not carry it. Only this module's
+/// server calls it: the handler may rely on HTTP/1 answers being written
+/// by [`switchyard_transport::server`] (which writes a response's
+/// [`RawFields`](switchyard_transport::RawFields)).
 pub trait ForConnection: Sized {
     /// The handler for one connection's requests, knowing the client's
     /// address and TLS identity. `None` (the default): each request carries

@@ -156,6 +156,7 @@ impl Pool {
             // The head is not needed past this point: let a retry's copy
             // be the last holder rather than keep it for the whole call.
             let method = head.parts.method.clone();
+            let raw_fields = head.raw_response_fields;
             drop(head);
             let key = Key(authority);
             let head_only = method == Method::HEAD;
@@ -168,7 +169,7 @@ impl Pool {
                     // would more than double every request's future.
                     None => (Box::pin(pool.connect(&scheme, key.clone())).await?, false),
                 };
-                match conn.round_trip(&wire, head_only).await {
+                match conn.round_trip(&wire, head_only, raw_fields).await {
                     Ok(head) => return Ok(pool.finish(conn, head)),
                     // A pooled connection the endpoint closed while it sat
                     // idle fails before any byte of a response: send again
@@ -339,7 +340,12 @@ impl Conn {
     }
 
     /// Writes the request and reads up to the end of the final response head.
-    async fn round_trip(&mut self, wire: &[u8], head_only: bool) -> Result<ResponseHead, Failure> {
+    async fn round_trip(
+        &mut self,
+        wire: &[u8],
+        head_only: bool,
+        raw_fields: bool,
+    ) -> Result<ResponseHead, Failure> {
         if let Err(e) = self.io.write_all(wire).await {
             return Err(Failure::closed(e, true));
         }
@@ -349,7 +355,7 @@ impl Conn {
         let mut informational = false;
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf, head_only)? {
+                match parse_head(&mut self.buf, head_only, raw_fields)? {
                     Some(Parsed::Final(head)) => return Ok(head),
                     Some(Parsed::Informational) => {
                         informational = true;
@@ -457,7 +463,12 @@ pub(crate) enum Chunk {
 }
 
 /// Parses one response head off the front of `buf`. `None`: more bytes needed.
-fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Failure> {
+/// `raw_fields`: the caller passes the response on ([`Head::raw_response_fields`]).
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    raw_fields: bool,
+) -> Result<Option<Parsed>, Failure> {
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -491,17 +502,81 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
         buf.advance(len);
         return Ok(Some(Parsed::Informational));
     }
+    let no_body =
+        head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let base = buf.as_ptr() as usize;
+
+    // Passed on unparsed when the caller asked and nothing needs the map:
+    // the failure classifiers read `Retry-After` off 5xx and 429 answers,
+    // and `Connection` naming fields, or another hop-by-hop field, needs
+    // the map's removal (all three rare).
+    let raw_fields =
+        raw_fields && !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS);
+    if raw_fields {
+        // A length where no body follows only informs (HEAD, 304): passed
+        // on, as the server would keep it.
+        let keep_length =
+            (head_only && status != StatusCode::NO_CONTENT) || status == StatusCode::NOT_MODIFIED;
+        let mut framing = FramingFields::default();
+        let mut fields = smallvec::SmallVec::new();
+        let mut passable = true;
+        for h in parsed.headers.iter() {
+            let kind = field_kind(h.name.as_bytes());
+            let handled = framing.note(kind, h.value)?;
+            match kind {
+                FieldKind::EndToEnd => {}
+                FieldKind::Length if keep_length => {}
+                FieldKind::Length | FieldKind::Coding | FieldKind::KeepAlive => continue,
+                FieldKind::Connection if handled => continue,
+                FieldKind::Connection | FieldKind::OtherHopByHop => {
+                    passable = false;
+                    break;
+                }
+            }
+            let start = h.name.as_ptr() as usize - base;
+            let value_start = h.value.as_ptr() as usize - base;
+            // Offsets within a head of at most MAX_HEAD_BYTES plus a read.
+            fields.push(RawField {
+                start: start as u32,
+                name_end: (start + h.name.len()) as u32,
+                end: (value_start + h.value.len()) as u32,
+            });
+        }
+        let both = framing.chunked.is_some() && framing.length.is_some();
+        if passable && !both {
+            if framing.chunked.is_some() && version == Version::HTTP_10 {
+                return Err(Failure::protocol(
+                    "an HTTP/1.0 response with Transfer-Encoding",
+                ));
+            }
+            let head = buf.split_to(len).freeze();
+            let body = if no_body {
+                Framing::Length(0)
+            } else {
+                framing.framing()
+            };
+            let keep_alive = !framing.close && (version != Version::HTTP_10 || framing.keep_alive);
+            let mut response = http::Response::new(Body::empty());
+            *response.status_mut() = status;
+            *response.version_mut() = version;
+            response.extensions_mut().insert(RawFields { head, fields });
+            return Ok(Some(Parsed::Final(ResponseHead {
+                response,
+                keep_alive: keep_alive && !matches!(body, Framing::Close),
+                framing: body,
+            })));
+        }
+    }
 
     // Framing and persistence are read off the raw fields in the same pass
     // that records where each value lies; the values become slices of the
     // head's bytes, not copies.
     let mut framing = FramingFields::default();
-    let base = buf.as_ptr() as usize;
     let mut spans = Spans::new();
     for h in parsed.headers.iter() {
         let name = header_name(h.name.as_bytes())
             .map_err(|_| Failure::protocol(format!("invalid header name {:?}", h.name)))?;
-        if framing.note(&name, h.value)? {
+        if framing.note(field_kind(h.name.as_bytes()), h.value)? {
             continue;
         }
         let start = h.value.as_ptr() as usize - base;
@@ -528,8 +603,6 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
         headers.remove(header::CONTENT_LENGTH);
     }
 
-    let no_body =
-        head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let body = if no_body {
         Framing::Length(0)
     } else {
@@ -547,6 +620,140 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fai
     })))
 }
 
+/// What a response field means to the connection it came on, by its name
+/// as sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FieldKind {
+    Length,
+    Coding,
+    Connection,
+    KeepAlive,
+    /// `TE`, `Trailer`, `Upgrade`, `Proxy-Connection`, `Proxy-Authenticate`,
+    /// `Proxy-Authorization`: not for the next hop, removed by a proxy.
+    OtherHopByHop,
+    EndToEnd,
+}
+
+/// The kind of the field named `name` (any case): the usual spellings are
+/// compared whole; otherwise most lengths rule a name out without comparing
+/// a byte (a byte-wise case-blind comparison of a name costs as much as the
+/// rest of its field's handling).
+fn field_kind(name: &[u8]) -> FieldKind {
+    match name {
+        b"Content-Length" | b"content-length" => return FieldKind::Length,
+        b"Connection" | b"connection" => return FieldKind::Connection,
+        b"Transfer-Encoding" | b"transfer-encoding" => return FieldKind::Coding,
+        _ => {}
+    }
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    match name.len() {
+        14 if is("content-length") => FieldKind::Length,
+        17 if is("transfer-encoding") => FieldKind::Coding,
+        10 if is("connection") => FieldKind::Connection,
+        10 if is("keep-alive") => FieldKind::KeepAlive,
+        2 if is("te") => FieldKind::OtherHopByHop,
+        7 if is("trailer") || is("upgrade") => FieldKind::OtherHopByHop,
+        16 if is("proxy-connection") => FieldKind::OtherHopByHop,
+        18 if is("proxy-authenticate") => FieldKind::OtherHopByHop,
+        19 if is("proxy-authorization") => FieldKind::OtherHopByHop,
+        _ => FieldKind::EndToEnd,
+    }
+}
+
+/// The end-to-end fields of an HTTP/1 response, as the endpoint wrote
+/// them, for a proxy that passes the response on.
+///
+/// A request whose [`Head::raw_response_fields`] is set gets its response's
+/// fields here, in the response's extensions, rather than in its
+/// `HeaderMap`, which then holds only what the caller adds. The
+/// transport's [`server`](crate::server) writes them after the map's,
+/// leaving out those whose name the map has: a field the caller sets
+/// replaces the endpoint's. Building the map, looking fields up in it and
+/// writing it out field by field again cost a tenth of the user-space work
+/// of a proxied request; the fields here are written as they came.
+///
+/// Never here: `Transfer-Encoding`, `Connection`, `Keep-Alive`, and
+/// `Content-Length` unless no body follows (a HEAD request's answer, 304):
+/// the framing is the server's to write. A response that had other
+/// hop-by-hop fields, or `Connection` naming fields, has its map as usual,
+/// and so has a 5xx or 429 answer (the failure classifiers read its
+/// `Retry-After`). A server other than the transport's must move these
+/// fields into the map itself ([`RawFields::append_to`]).
+#[derive(Clone, Debug)]
+pub struct RawFields {
+    /// The response head the fields lie in.
+    head: Bytes,
+    fields: smallvec::SmallVec<[RawField; 8]>,
+}
+
+/// Where one field lies in its head: `name: value` is `start..end`.
+#[derive(Clone, Copy, Debug)]
+struct RawField {
+    start: u32,
+    name_end: u32,
+    end: u32,
+}
+
+impl RawFields {
+    /// The fields in order, each as (name as sent, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|f| {
+            let name = &self.head[f.start as usize..f.name_end as usize];
+            // After the colon, optional whitespace, then the value.
+            let value = self.head[f.name_end as usize + 1..f.end as usize].trim_ascii_start();
+            (name, value)
+        })
+    }
+
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Appends the fields to `headers` (names lower-cased), for code that
+    /// reads them or a server that writes only the map.
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        for f in &self.fields {
+            let name = &self.head[f.start as usize..f.name_end as usize];
+            let Ok(name) = header_name(name) else {
+                continue; // httparse accepted it, so HeaderName does too.
+            };
+            let after_colon = &self.head[f.name_end as usize + 1..f.end as usize];
+            let skip = after_colon.len() - after_colon.trim_ascii_start().len();
+            headers.append(
+                name,
+                parsed_value(&self.head, f.name_end as usize + 1 + skip..f.end as usize),
+            );
+        }
+    }
+
+    /// Writes each field as `name: value\r\n` into `buf`, except those
+    /// whose name `map` has and, unless `keep_length`, `Content-Length`;
+    /// true when one of them was `Date`.
+    pub(crate) fn write(&self, buf: &mut Vec<u8>, map: &HeaderMap, keep_length: bool) -> bool {
+        let mut has_date = false;
+        for f in &self.fields {
+            let name = &self.head[f.start as usize..f.name_end as usize];
+            let replaced = !map.is_empty()
+                && map
+                    .keys()
+                    .any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()));
+            if replaced || (!keep_length && field_kind(name) == FieldKind::Length) {
+                continue;
+            }
+            has_date |= name.len() == 4 && name.eq_ignore_ascii_case(b"date");
+            buf.extend_from_slice(&self.head[f.start as usize..f.end as usize]);
+            buf.extend_from_slice(b"\r\n");
+        }
+        has_date
+    }
+}
+
 /// What a response's fields say about its framing and persistence.
 #[derive(Default)]
 struct FramingFields {
@@ -558,49 +765,56 @@ struct FramingFields {
 }
 
 impl FramingFields {
-    /// Records what the field says; true when the field only managed this
-    /// connection and was fully acted on here (`Keep-Alive`, or a
-    /// `Connection` naming nothing but `keep-alive`/`close`), so it is not
-    /// passed up. A `Connection` naming other fields is kept, so a proxy
-    /// above can remove the fields it names.
-    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Failure> {
-        if name == header::CONTENT_LENGTH {
-            for part in value.split(|&b| b == b',') {
-                let part = part.trim_ascii();
-                let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
-                    .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
-                    .flatten()
-                    .ok_or_else(|| Failure::protocol("invalid Content-Length in the response"))?;
-                if self.length.is_some_and(|l| l != n) {
-                    return Err(Failure::protocol(
-                        "conflicting Content-Length values in the response",
-                    ));
+    /// Records what a field of `kind` says; true when the field only
+    /// managed this connection and was fully acted on here (`Keep-Alive`,
+    /// or a `Connection` naming nothing but `keep-alive`/`close`), so it is
+    /// not passed up. A `Connection` naming other fields is kept, so a
+    /// proxy above can remove the fields it names.
+    fn note(&mut self, kind: FieldKind, value: &[u8]) -> Result<bool, Failure> {
+        match kind {
+            FieldKind::Length => {
+                for part in value.split(|&b| b == b',') {
+                    let n = decimal(part.trim_ascii()).ok_or_else(|| {
+                        Failure::protocol("invalid Content-Length in the response")
+                    })?;
+                    if self.length.is_some_and(|l| l != n) {
+                        return Err(Failure::protocol(
+                            "conflicting Content-Length values in the response",
+                        ));
+                    }
+                    self.length = Some(n);
                 }
-                self.length = Some(n);
             }
-        } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding of the last field counts.
-            if let Some(last) = value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .rfind(|c| !c.is_empty())
-            {
-                self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            } else {
-                self.chunked.get_or_insert(false);
+            FieldKind::Coding => {
+                // Only the last coding of the last field counts.
+                if let Some(last) = value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|c| !c.is_empty())
+                {
+                    self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                } else {
+                    self.chunked.get_or_insert(false);
+                }
             }
-        } else if name == header::CONNECTION {
-            let mut only_management = true;
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let close = token.eq_ignore_ascii_case(b"close");
-                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
-                self.close |= close;
-                self.keep_alive |= keep_alive;
-                only_management &= close || keep_alive || token.is_empty();
+            // The usual value, without splitting it into tokens.
+            FieldKind::Connection if value == b"keep-alive" => {
+                self.keep_alive = true;
+                return Ok(true);
             }
-            return Ok(only_management);
-        } else if name.as_str() == "keep-alive" {
-            return Ok(true);
+            FieldKind::Connection => {
+                let mut only_management = true;
+                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let close = token.eq_ignore_ascii_case(b"close");
+                    let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                    self.close |= close;
+                    self.keep_alive |= keep_alive;
+                    only_management &= close || keep_alive || token.is_empty();
+                }
+                return Ok(only_management);
+            }
+            FieldKind::KeepAlive => return Ok(true),
+            FieldKind::OtherHopByHop | FieldKind::EndToEnd => {}
         }
         Ok(false)
     }
@@ -706,6 +920,19 @@ pub(crate) fn parsed_value(head: &Bytes, range: std::ops::Range<usize>) -> Heade
     // default configuration (no obsolete line folding, invalid fields are
     // errors), so every byte is one `HeaderValue` accepts (see above).
     unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
+}
+
+/// `digits` as a number: one or more ASCII digits (no sign, no space)
+/// whose value fits in a `u64`; `None` otherwise.
+pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .flatten()
+    })
 }
 
 /// The field name for `bytes`: the names most messages carry are matched as
@@ -957,6 +1184,47 @@ impl http_body::Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_takes_digits_that_fit_and_nothing_else() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"007"), Some(7));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1a",
+            b"1,1",
+        ] {
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn field_kinds_ignore_case_and_only_exact_names_match() {
+        for (name, kind) in [
+            ("Content-Length", FieldKind::Length),
+            ("CONTENT-length", FieldKind::Length),
+            ("transfer-encoding", FieldKind::Coding),
+            ("Connection", FieldKind::Connection),
+            ("keep-ALIVE", FieldKind::KeepAlive),
+            ("TE", FieldKind::OtherHopByHop),
+            ("Trailer", FieldKind::OtherHopByHop),
+            ("upgrade", FieldKind::OtherHopByHop),
+            ("Proxy-Connection", FieldKind::OtherHopByHop),
+            ("proxy-authenticate", FieldKind::OtherHopByHop),
+            ("Proxy-Authorization", FieldKind::OtherHopByHop),
+            ("Content-Lengths", FieldKind::EndToEnd),
+            ("connections", FieldKind::EndToEnd),
+            ("tea", FieldKind::EndToEnd),
+            ("date", FieldKind::EndToEnd),
+        ] {
+            assert!(field_kind(name.as_bytes()) == kind, "{name}");
+        }
+    }
 
     /// What makes [`parsed_value`] sound: whatever byte a field value
     /// holds, a value httparse returns is one `HeaderValue` accepts, in a

@@ -65,6 +65,7 @@ pub use config::{
     DEFAULT_TCP_KEEPALIVE, Protocol, TransportConfig,
 };
 pub use error::{TransportError, TransportErrorKind};
+pub use h1::RawFields;
 pub use tls::UpstreamTlsConfig;
 pub use transport::{
     AddedFields, Attempt, Head, OPEN_CONNECTIONS_GAUGE, ResponseFuture, Transport,

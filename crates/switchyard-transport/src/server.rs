@@ -583,10 +583,7 @@ impl Fields {
     fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if name == header::CONTENT_LENGTH {
             self.lengths = self.lengths.saturating_add(1);
-            let digits = value.trim_ascii();
-            self.length = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(digits).ok()?.parse().ok())
-                .flatten();
+            self.length = crate::h1::decimal(value.trim_ascii());
         } else if name == header::TRANSFER_ENCODING {
             self.codings = self.codings.saturating_add(1);
             self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
@@ -966,6 +963,10 @@ impl Outgoing {
             buf.extend_from_slice(value.as_bytes());
             buf.extend_from_slice(b"\r\n");
         }
+        // A proxied answer's own fields, as the endpoint wrote them.
+        if let Some(raw) = parts.extensions.get::<crate::RawFields>() {
+            has_date |= raw.write(&mut buf, &parts.headers, keep_length);
+        }
         if !has_date {
             buf.extend_from_slice(b"date: ");
             date::append(&mut buf);
@@ -1194,11 +1195,7 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     if values.next().is_some() {
         return None;
     }
-    let digits = value.as_bytes().trim_ascii();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    crate::h1::decimal(value.as_bytes().trim_ascii())
 }
 
 /// `n` in lower-case hex, without leading zeros.

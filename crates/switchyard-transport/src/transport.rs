@@ -199,6 +199,11 @@ pub struct Head {
     /// Fields sent after the parts' own. None of their names may be among
     /// the parts' fields: a field that replaces one goes in the parts.
     pub added: AddedFields,
+    /// The caller passes the response on through the transport's
+    /// [`server`](crate::server): an HTTP/1.1 response's end-to-end fields
+    /// may then come as [`RawFields`](crate::RawFields) in its extensions
+    /// rather than in its map.
+    pub raw_response_fields: bool,
 }
 
 impl Head {
@@ -206,8 +211,9 @@ impl Head {
     /// what takes an `http::Request` (hyper, a boxed service); a copy only
     /// when another attempt still shares it.
     pub fn into_parts(head: Arc<Self>) -> http::request::Parts {
-        let Head { mut parts, added } =
-            Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone());
+        let Head {
+            mut parts, added, ..
+        } = Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone());
         for (name, value) in added {
             parts.headers.append(name, value);
         }
@@ -220,6 +226,7 @@ impl From<http::request::Parts> for Head {
         Self {
             parts,
             added: AddedFields::new(),
+            raw_response_fields: false,
         }
     }
 }

@@ -15,7 +15,10 @@ use std::{
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use switchyard_transport::{Body, Transport, TransportConfig, TransportErrorKind};
+use switchyard_transport::{
+    AddedFields, Attempt, Body, Head, RawFields, Transport, TransportConfig, TransportErrorKind,
+    server,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -398,4 +401,230 @@ async fn idle_connections_close_after_the_idle_timeout() {
     tokio::time::pause();
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(transport.open_connections(), 0);
+}
+
+/// Sends `req` as a proxy does: its response's end-to-end fields may stay
+/// as the endpoint wrote them ([`RawFields`]).
+async fn fetch_passed_on(
+    transport: &Transport,
+    req: http::Request<Body>,
+) -> (http::Response<Body>, Option<RawFields>) {
+    let (mut parts, body) = req.into_parts();
+    let scheme = parts.uri.scheme().unwrap().clone();
+    let authority = parts.uri.authority().unwrap().clone();
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .unwrap()
+        .as_str()
+        .parse()
+        .unwrap();
+    let head = Head {
+        parts,
+        added: AddedFields::new(),
+        raw_response_fields: true,
+    };
+    let mut res = transport
+        .send_attempt(Attempt {
+            head: Arc::new(head),
+            scheme,
+            authority,
+            field: None,
+            body,
+        })
+        .await
+        .unwrap();
+    let raw = res.extensions_mut().remove::<RawFields>();
+    (res, raw)
+}
+
+/// The fields as (name, value) text pairs.
+fn pairs(raw: &RawFields) -> Vec<(String, String)> {
+    raw.iter()
+        .map(|(n, v)| {
+            (
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fields_passed_on_stay_as_sent_and_the_map_is_built_where_it_is_read() {
+    let server = script(vec![
+        Step::Reply(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nX-Request-Id: theirs\r\ncontent-length: 2\r\n\
+             Date: Thu, 01 Jan 2026 00:00:00 GMT\r\nConnection: keep-alive\r\n\
+             Keep-Alive: timeout=5\r\nX-Empty:\r\nX-Spaced:   padded\r\n\r\nok",
+        ),
+        // A failure: the classifiers read its `Retry-After` from the map.
+        Step::Reply("HTTP/1.1 503 Busy\r\nRetry-After: 2\r\nContent-Length: 0\r\n\r\n"),
+        // `Connection` naming a field: the map, for the proxy to remove both.
+        Step::Reply(
+            "HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\r\nContent-Length: 0\r\n\r\n",
+        ),
+        // To a HEAD request the length only informs: passed on.
+        Step::Reply("HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: \"v1\"\r\n\r\n"),
+        // A length with a coding: the map, without the length.
+        Step::ReplyAndClose(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        ),
+    ])
+    .await;
+    let transport = Transport::new(&TransportConfig::default()).unwrap();
+    let addr = server.addr;
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().is_empty(), "{:?}", res.headers());
+    let raw = raw.expect("the fields stay raw");
+    assert_eq!(
+        pairs(&raw),
+        [
+            ("Server", "up"),
+            ("X-Request-Id", "theirs"),
+            ("Date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+            ("X-Empty", ""),
+            ("X-Spaced", "padded"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    );
+    assert_eq!((raw.len(), raw.is_empty()), (5, false));
+    let mut map = http::HeaderMap::new();
+    raw.append_to(&mut map);
+    assert_eq!(map.len(), 5);
+    assert_eq!(map["x-request-id"], "theirs");
+    assert_eq!(map["x-spaced"], "padded");
+    assert_eq!(map["x-empty"], "");
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert_eq!(res.status(), 503);
+    assert!(raw.is_none());
+    assert_eq!(res.headers()["retry-after"], "2");
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert!(raw.is_none());
+    assert_eq!(res.headers()["connection"], "x-private");
+    assert_eq!(res.headers()["x-private"], "1");
+
+    let (res, raw) = fetch_passed_on(&transport, request("HEAD", addr, "/", "")).await;
+    assert!(res.headers().is_empty());
+    let raw = pairs(&raw.unwrap());
+    assert_eq!(raw[0], ("Content-Length".to_owned(), "10".to_owned()));
+    assert_eq!(raw[1], ("ETag".to_owned(), "\"v1\"".to_owned()));
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert!(raw.is_none());
+    assert!(res.headers().get("content-length").is_none());
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    // All five on one connection: the fields left raw changed nothing of
+    // how the connection is kept.
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_server_writes_fields_passed_on_after_the_maps_own() {
+    let upstream = script(vec![
+        Step::Reply(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nX-Request-Id: theirs\r\n\
+             Date: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\
+             Connection: keep-alive\r\n\r\nok",
+        ),
+        Step::Reply("HTTP/1.1 200 OK\r\nContent-Length: 10\r\nServer: up\r\n\r\n"),
+    ])
+    .await;
+    let transport = Transport::new(&TransportConfig::default()).unwrap();
+    let (client, server_side) = tokio::io::duplex(64 * 1024);
+    let to = upstream.addr;
+    // A proxy in a few lines: the upstream's answer, with our request id.
+    let handler = tower::service_fn(move |req: http::Request<Body>| {
+        let transport = transport.clone();
+        async move {
+            let (parts, _) = req.into_parts();
+            let path = parts.uri.path().to_owned();
+            let req = http::Request::builder()
+                .method(parts.method)
+                .uri(format!("http://{to}{path}"))
+                .body(Body::empty())
+                .unwrap();
+            let (mut res, raw) = fetch_passed_on(&transport, req).await;
+            res.extensions_mut().insert(raw.unwrap());
+            res.headers_mut()
+                .insert("x-request-id", http::HeaderValue::from_static("ours"));
+            Ok::<_, std::convert::Infallible>(res)
+        }
+    });
+    let refuse = |_: server::Refusal| http::Response::new(Body::empty());
+    let config = server::ServerConfig::default();
+    let serving = tokio::spawn(async move {
+        server::serve_connection(
+            server_side,
+            &config,
+            handler,
+            &refuse,
+            std::future::pending(),
+        )
+        .await
+        .map(|_| ())
+    });
+    let mut client = client;
+    client
+        .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nHEAD /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    client.read_to_string(&mut out).await.unwrap();
+    serving.await.unwrap().unwrap();
+
+    let (first, second) = out
+        .split_once("\r\n\r\nok")
+        .expect("the first answer and its body");
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines[0], "HTTP/1.1 200 OK");
+    let named = |lines: &[&str], name: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    };
+    // The map's field replaces the upstream's; the upstream's Date is
+    // kept and no second one is added; the framing is the server's.
+    assert_eq!(named(&lines, "x-request-id"), ["ours"]);
+    assert_eq!(named(&lines, "server"), ["up"]);
+    assert_eq!(named(&lines, "date"), ["Thu, 01 Jan 2026 00:00:00 GMT"]);
+    assert_eq!(named(&lines, "content-length"), ["2"]);
+    assert!(named(&lines, "connection").is_empty(), "{first}");
+    assert!(
+        first.contains("\r\nServer: up\r\n"),
+        "written as sent: {first}"
+    );
+
+    // The HEAD answer keeps the upstream's length, once, and gets a Date.
+    let lines: Vec<&str> = second.lines().collect();
+    assert_eq!(named(&lines, "content-length"), ["10"]);
+    assert_eq!(named(&lines, "date").len(), 1, "{second}");
+    assert_eq!(named(&lines, "connection"), ["close"]);
+    assert!(
+        second.ends_with("\r\n\r\n"),
+        "no body after a HEAD answer: {second:?}"
+    );
 }

@@ -20,6 +20,17 @@ async fn proxies_and_reports_metrics_health_and_state() {
     let (status, headers, body) = get(&http, &gw.url("/hello")).await;
     assert_eq!((status, body.as_str()), (200, "one"));
     assert!(headers.contains_key("x-request-id"));
+    // The backend's own fields pass, each once; the request id is ours
+    // (not the one the backend answered with) and the Date the backend's.
+    assert_eq!(headers["x-backend"], "one");
+    for name in ["x-request-id", "date", "content-length"] {
+        assert_eq!(
+            headers.get_all(name).iter().count(),
+            1,
+            "{name}: {headers:?}"
+        );
+    }
+    assert_ne!(headers["x-request-id"], "the-backends");
     // Each attempt tells the next hop the time left of the 10s default
     // deadline, and a shorter deadline from the client wins.
     let deadline_ms = |seen: Seen| -> u64 {

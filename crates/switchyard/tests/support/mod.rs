@@ -122,7 +122,12 @@ impl Backend {
                                     let json = serde_json::json!({ "service": name, "uri": uri, "body": body });
                                     Response::new(Full::new(Bytes::from(json.to_string())))
                                 }
-                                Mode::Ok => Response::new(Full::new(Bytes::from(name))),
+                                Mode::Ok => {
+                                    let mut res = Response::new(Full::new(Bytes::from(name)));
+                                    res.headers_mut().insert("x-backend", http::HeaderValue::from_static(name));
+                                    res.headers_mut().insert("x-request-id", http::HeaderValue::from_static("the-backends"));
+                                    res
+                                }
                                 Mode::Status(code) => {
                                     let mut res = Response::new(Full::new(Bytes::new()));
                                     *res.status_mut() = http::StatusCode::from_u16(code).unwrap();
