@@ -288,9 +288,6 @@ pub struct Proxy {
 struct Origin {
     peer: Option<SocketAddr>,
     identity: Option<PeerIdentity>,
-    /// The connection is the gateway server's ([`ForConnection`]), whose
-    /// HTTP/1 answers the transport's server writes.
-    served_here: bool,
 }
 
 impl Origin {
@@ -298,7 +295,6 @@ impl Origin {
         Self {
             peer: req.extensions().get::<ClientAddr>().map(|c| c.0),
             identity: req.extensions().get::<PeerIdentity>().cloned(),
-            served_here: false,
         }
     }
 }
@@ -361,8 +357,13 @@ impl Service<Request<Body>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // Told where the connection comes from: the gateway's own server,
+        // whose HTTP/1 answers the transport's server writes (see
+        // `ForConnection`). Passed apart rather than kept in `Origin`: every
+        // idle connection holds one.
+        let served_here = self.origin.is_some();
         let origin = self.origin.clone().unwrap_or_else(|| Origin::of(&req));
-        Box::pin(Inner::handle(self.inner.clone(), req, origin))
+        Box::pin(Inner::handle(self.inner.clone(), req, origin, served_here))
     }
 }
 
@@ -377,7 +378,6 @@ impl ForConnection for Proxy {
             origin: Some(Origin {
                 peer: Some(peer),
                 identity: identity.cloned(),
-                served_here: true,
             }),
         })
     }
@@ -573,6 +573,7 @@ impl Inner {
         self: Arc<Self>,
         req: Request<Body>,
         origin: Origin,
+        served_here: bool,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
         let start = switchyard_policy::clock::now();
         let request_id = request_id(req.headers());
@@ -585,7 +586,7 @@ impl Inner {
         // Admitted before the future is made, so that it doesn't keep the
         // request and its origin (350 bytes) for its whole life.
         let mut dest = None;
-        let admitted = self.admit(req, &origin, &table, &mut dest);
+        let admitted = self.admit(req, &origin, served_here, &table, &mut dest);
         async move {
             let outcome = Outcome::of(dest, &table);
             let answered = match admitted {
@@ -636,6 +637,7 @@ impl Inner {
         &self,
         req: Request<Body>,
         origin: &Origin,
+        served_here: bool,
         table: &RouteTable,
         dest: &mut Option<Dest>,
     ) -> Result<Box<Admitted>, Box<Problem>> {
@@ -734,7 +736,7 @@ impl Inner {
             Cow::Owned(normalized) => Some(normalized),
             Cow::Borrowed(_) => None,
         };
-        let raw_response_fields = origin.served_here && parts.version != Version::HTTP_2;
+        let raw_response_fields = served_here && parts.version != Version::HTTP_2;
         // Boxed, and the problem too: the request's future keeps what
         // `admit` returns beside the answer's future, which keeps it too;
         // two copies of half a kilobyte (or of a 120-byte problem), moved
