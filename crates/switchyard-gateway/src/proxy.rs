@@ -48,14 +48,18 @@
 //! `x-request-id` set; problem answers add the headers listed in
 //! [`crate::problem`].
 //!
-//! An HTTP/1.1 upstream's answer to an HTTP/1.x client of the gateway's
-//! own server ([`ForConnection`]) usually keeps its end-to-end fields as
-//! the upstream wrote them, in a
-//! [`RawFields`](switchyard_transport::RawFields) extension the server
-//! writes after the response's map (where `x-request-id` goes, replacing
-//! the upstream's): the map is built only where something reads it (a 5xx
-//! or 429 answer, `Connection` naming fields). A `Proxy` served by another
-//! server (without [`ForConnection`]) always has the fields in the map.
+//! An HTTP/1.x upstream's answer (through the transport's own client: an
+//! in-memory body) to an HTTP/1.x client of the gateway's own server
+//! ([`ForConnection`]) usually keeps its end-to-end fields as the upstream
+//! wrote them, in a [`RawFields`](switchyard_transport::RawFields)
+//! extension the server writes after the response's map (which holds what
+//! the proxy sets, `x-request-id` and a call limit's `RateLimit` fields,
+//! each replacing the upstream's of that name). The map is built as before
+//! where something reads it or the proxy must edit it: a 5xx or 429
+//! answer, `Connection` naming fields or another hop-by-hop field, a length
+//! with a transfer coding, an HTTP/2 client, a streamed upload. A `Proxy`
+//! served by another server (without [`ForConnection`]) always has the
+//! fields in the map.
 //!
 //! # Deadline propagation
 //!
@@ -357,10 +361,11 @@ impl Service<Request<Body>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        // Told where the connection comes from: the gateway's own server,
-        // whose HTTP/1 answers the transport's server writes (see
-        // `ForConnection`). Passed apart rather than kept in `Origin`: every
-        // idle connection holds one.
+        // Told where the connection comes from by a server whose HTTP/1
+        // answers the transport's server writes (`ForConnection`; a proxy
+        // for any other server has no origin). Passed apart rather than kept
+        // in `Origin`: every idle connection holds one, and one more word
+        // put the connection task in the allocator's next size class.
         let served_here = self.origin.is_some();
         let origin = self.origin.clone().unwrap_or_else(|| Origin::of(&req));
         Box::pin(Inner::handle(self.inner.clone(), req, origin, served_here))
@@ -369,10 +374,19 @@ impl Service<Request<Body>> for Proxy {
 
 /// The server tells the proxy once per connection where its requests come
 /// from, rather than tagging each request (three allocations per request),
-/// and that its HTTP/1 answers are written by the transport's server (so
-/// upstream fields may stay raw, see the [module docs](self)).
+/// when its HTTP/1 answers are written by the transport's server (so
+/// upstream fields may stay raw, see the [module docs](self)); any other
+/// server's requests carry their origin, and their answers keep full maps.
 impl ForConnection for Proxy {
-    fn for_connection(&self, peer: SocketAddr, identity: Option<&PeerIdentity>) -> Option<Self> {
+    fn for_connection(
+        &self,
+        peer: SocketAddr,
+        identity: Option<&PeerIdentity>,
+        transport_server: bool,
+    ) -> Option<Self> {
+        if !transport_server {
+            return None;
+        }
         Some(Self {
             inner: self.inner.clone(),
             origin: Some(Origin {

@@ -453,7 +453,8 @@ struct WithConnection<H> {
 
 impl<H: Clone + ForConnection> WithConnection<H> {
     fn new(handler: &H, peer: SocketAddr, identity: Option<PeerIdentity>) -> Self {
-        match handler.for_connection(peer, identity.as_ref()) {
+        // This server's HTTP/1.x answers are the transport's to write.
+        match handler.for_connection(peer, identity.as_ref(), true) {
             Some(handler) => Self { handler, tag: None },
             None => Self {
                 handler: handler.clone(),
@@ -464,17 +465,25 @@ impl<H: Clone + ForConnection> WithConnection<H> {
 }
 
 /// A handler that can be told once per connection where the connection
-/// comes from, so that its requests need not carry it. Only this module's
-/// server calls it: the handler may rely on HTTP/1 answers being written
-/// by [`switchyard_transport::server`] (which writes a response's
-/// [`RawFields`](switchyard_transport::RawFields)).
+/// comes from, so that its requests need not carry it.
 pub trait ForConnection: Sized {
     /// The handler for one connection's requests, knowing the client's
     /// address and TLS identity. `None` (the default): each request carries
     /// them instead, as [`ClientAddr`] and [`PeerIdentity`] extensions,
     /// which costs a few allocations per request.
-    fn for_connection(&self, peer: SocketAddr, identity: Option<&PeerIdentity>) -> Option<Self> {
-        let _ = (peer, identity);
+    ///
+    /// `transport_server`: the connection's HTTP/1.x answers are written by
+    /// [`switchyard_transport::server`], which writes a response's
+    /// [`RawFields`](switchyard_transport::RawFields) (this module's server
+    /// says so; HTTP/2 answers are hyper's). A server that writes only the
+    /// response's map passes `false`.
+    fn for_connection(
+        &self,
+        peer: SocketAddr,
+        identity: Option<&PeerIdentity>,
+        transport_server: bool,
+    ) -> Option<Self> {
+        let _ = (peer, identity, transport_server);
         None
     }
 }

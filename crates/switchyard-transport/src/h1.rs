@@ -535,6 +535,12 @@ fn parse_head(
             }
             let start = h.name.as_ptr() as usize - base;
             let value_start = h.value.as_ptr() as usize - base;
+            // httparse's default configuration (above) allows no space
+            // before the colon and no folded lines: a field is `name:`,
+            // optional blanks and its value, on one line, all of it checked,
+            // so it can be written on as it is. Were that configuration
+            // changed, this would not hold.
+            debug_assert_eq!(buf[start + h.name.len()], b':');
             // Offsets within a head of at most MAX_HEAD_BYTES plus a read.
             fields.push(RawField {
                 start: start as u32,

@@ -909,7 +909,7 @@ enum OutFraming {
 
 impl Outgoing {
     fn new(res: http::Response<Body>, method: &Method, version: Version, mut close: bool) -> Self {
-        let (parts, body) = res.into_parts();
+        let (mut parts, body) = res.into_parts();
         let status = parts.status;
         let bodyless = *method == Method::HEAD
             || status.is_informational()
@@ -964,7 +964,9 @@ impl Outgoing {
             buf.extend_from_slice(b"\r\n");
         }
         // A proxied answer's own fields, as the endpoint wrote them.
-        if let Some(raw) = parts.extensions.get::<crate::RawFields>() {
+        // Taken out, not borrowed: the head it lies in is let go now rather
+        // than when the body has been sent.
+        if let Some(raw) = parts.extensions.remove::<crate::RawFields>() {
             has_date |= raw.write(&mut buf, &parts.headers, keep_length);
         }
         if !has_date {

@@ -200,7 +200,7 @@ pub struct Head {
     /// the parts' fields: a field that replaces one goes in the parts.
     pub added: AddedFields,
     /// The caller passes the response on through the transport's
-    /// [`server`](crate::server): an HTTP/1.1 response's end-to-end fields
+    /// [`server`](crate::server): an HTTP/1.x response's end-to-end fields
     /// may then come as [`RawFields`](crate::RawFields) in its extensions
     /// rather than in its map.
     pub raw_response_fields: bool,

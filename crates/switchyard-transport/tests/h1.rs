@@ -628,3 +628,58 @@ async fn the_server_writes_fields_passed_on_after_the_maps_own() {
         "no body after a HEAD answer: {second:?}"
     );
 }
+
+#[tokio::test]
+async fn fields_passed_on_keep_the_framing_and_connection_rules() {
+    let server = script(vec![
+        // HTTP/1.0 kept alive on request.
+        Step::Reply("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\na"),
+        // A 304's length describes the body it stands for: passed on.
+        Step::Reply("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nETag: x\r\n\r\n"),
+        // A 204's never is, HEAD or not.
+        Step::Reply("HTTP/1.1 204 No Content\r\nContent-Length: 7\r\nX-A: 1\r\n\r\n"),
+        // Another hop-by-hop field, and a 429: the map.
+        Step::Reply("HTTP/1.1 200 OK\r\nTE: trailers\r\nContent-Length: 0\r\n\r\n"),
+        Step::Reply(
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n",
+        ),
+        // `Connection: close`: not passed on, and the connection not
+        // reused although the endpoint keeps it open.
+        Step::Reply("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nb"),
+        Step::Reply("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ])
+    .await;
+    let transport = Transport::new(&TransportConfig::default()).unwrap();
+    let addr = server.addr;
+    let names =
+        |raw: &RawFields| -> Vec<String> { pairs(raw).into_iter().map(|(n, _)| n).collect() };
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert_eq!(res.version(), http::Version::HTTP_10);
+    assert!(raw.unwrap().is_empty());
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "a");
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert_eq!(res.status(), 304);
+    assert_eq!(names(&raw.unwrap()), ["Content-Length", "ETag"]);
+
+    let (res, raw) = fetch_passed_on(&transport, request("HEAD", addr, "/", "")).await;
+    assert_eq!(res.status(), 204);
+    assert_eq!(names(&raw.unwrap()), ["X-A"]);
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert!(raw.is_none());
+    assert_eq!(res.headers()["te"], "trailers");
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert!(raw.is_none());
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+
+    let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert!(raw.unwrap().is_empty(), "Connection is not passed on");
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "b");
+    let (res, _) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}

@@ -365,6 +365,13 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// An HTTP/2 prior-knowledge (h2c) client.
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
 /// Sends a request and returns status, headers and body.
 pub async fn send(client: &HttpClient, method: &str, url: &str) -> (u16, http::HeaderMap, String) {
     send_with(client, method, url, &[]).await
