@@ -438,6 +438,11 @@ async fn fetch_passed_on(
     (res, raw)
 }
 
+/// A response's whole body.
+async fn body(res: http::Response<Body>) -> Bytes {
+    res.into_body().collect().await.unwrap().to_bytes()
+}
+
 /// The fields as (name, value) text pairs.
 fn pairs(raw: &RawFields) -> Vec<(String, String)> {
     raw.iter()
@@ -497,7 +502,7 @@ async fn fields_passed_on_stay_as_sent_and_the_map_is_built_where_it_is_read() {
     assert_eq!(map["x-request-id"], "theirs");
     assert_eq!(map["x-spaced"], "padded");
     assert_eq!(map["x-empty"], "");
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    assert_eq!(body(res).await, "ok");
 
     let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
     assert_eq!(res.status(), 503);
@@ -514,26 +519,12 @@ async fn fields_passed_on_stay_as_sent_and_the_map_is_built_where_it_is_read() {
     let raw = pairs(&raw.unwrap());
     assert_eq!(raw[0], ("Content-Length".to_owned(), "10".to_owned()));
     assert_eq!(raw[1], ("ETag".to_owned(), "\"v1\"".to_owned()));
-    assert!(
-        res.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .is_empty()
-    );
+    assert!(body(res).await.is_empty());
 
     let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
     assert!(raw.is_none());
     assert!(res.headers().get("content-length").is_none());
-    assert!(
-        res.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .is_empty()
-    );
+    assert!(body(res).await.is_empty());
     // All five on one connection: the fields left raw changed nothing of
     // how the connection is kept.
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
@@ -657,7 +648,7 @@ async fn fields_passed_on_keep_the_framing_and_connection_rules() {
     let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
     assert_eq!(res.version(), http::Version::HTTP_10);
     assert!(raw.unwrap().is_empty());
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "a");
+    assert_eq!(body(res).await, "a");
 
     let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
     assert_eq!(res.status(), 304);
@@ -678,7 +669,7 @@ async fn fields_passed_on_keep_the_framing_and_connection_rules() {
 
     let (res, raw) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
     assert!(raw.unwrap().is_empty(), "Connection is not passed on");
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "b");
+    assert_eq!(body(res).await, "b");
     let (res, _) = fetch_passed_on(&transport, request("GET", addr, "/", "")).await;
     assert_eq!(res.status(), 200);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
