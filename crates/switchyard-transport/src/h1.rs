@@ -764,7 +764,8 @@ impl RawFields {
 #[derive(Default)]
 struct FramingFields {
     length: Option<u64>,
-    /// `Some(true)`: the last transfer coding is `chunked`.
+    /// `Some(true)`: chunked (the one coding accepted); `Some(false)`: a
+    /// `Transfer-Encoding` field naming no coding.
     chunked: Option<bool>,
     close: bool,
     keep_alive: bool,
@@ -792,16 +793,25 @@ impl FramingFields {
                 }
             }
             FieldKind::Coding => {
-                // Only the last coding of the last field counts.
-                if let Some(last) = value
+                // `chunked`, once, is the only coding taken off here; the
+                // server frames the body again itself. Another one (gzip,
+                // ...) would reach the client still applied but no longer
+                // declared: refused, as nginx refuses it (and as the
+                // server refuses it in requests).
+                for coding in value
                     .split(|&b| b == b',')
                     .map(<[u8]>::trim_ascii)
-                    .rfind(|c| !c.is_empty())
+                    .filter(|c| !c.is_empty())
                 {
-                    self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-                } else {
-                    self.chunked.get_or_insert(false);
+                    if !coding.eq_ignore_ascii_case(b"chunked") || self.chunked == Some(true) {
+                        return Err(Failure::protocol(format!(
+                            "unsupported transfer coding in the response: {}",
+                            String::from_utf8_lossy(value)
+                        )));
+                    }
+                    self.chunked = Some(true);
                 }
+                self.chunked.get_or_insert(false);
             }
             // The usual value, without splitting it into tokens.
             FieldKind::Connection if value == b"keep-alive" => {
@@ -825,8 +835,8 @@ impl FramingFields {
         Ok(false)
     }
 
-    /// RFC 9112 §6.3: a transfer coding wins over a length; a coding other
-    /// than chunked last, or no length at all, reads to the close.
+    /// RFC 9112 §6.3: a transfer coding wins over a length; an empty
+    /// `Transfer-Encoding`, or no length at all, reads to the close.
     fn framing(&self) -> Framing {
         match (self.chunked, self.length) {
             (Some(true), _) => Framing::Chunked(Chunk::Size, 0),

@@ -295,6 +295,10 @@ async fn malformed_responses_are_protocol_errors_and_close_the_connection() {
         "HTTP/1.1 101 Switching Protocols\r\n\r\n",
         "NOT HTTP AT ALL\r\n\r\n",
         "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        // A coding other than chunked would reach the client undeclared.
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
     ] {
         let server = script(vec![Step::Reply(bad)]).await;
         let transport = Transport::new(&TransportConfig::default()).unwrap();
