@@ -508,85 +508,35 @@ fn parse_head(
 
     // Passed on unparsed when the caller asked and nothing needs the map:
     // the failure classifiers read `Retry-After` off 5xx and 429 answers,
-    // and `Connection` naming fields, or another hop-by-hop field, needs
-    // the map's removal (all three rare).
-    let raw_fields =
-        raw_fields && !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS);
-    if raw_fields {
-        // A length where no body follows only informs (HEAD, 304): passed
-        // on, as the server would keep it.
-        let keep_length =
-            (head_only && status != StatusCode::NO_CONTENT) || status == StatusCode::NOT_MODIFIED;
-        let mut framing = FramingFields::default();
-        let mut fields = smallvec::SmallVec::new();
-        let mut passable = true;
-        for h in parsed.headers.iter() {
-            let kind = field_kind(h.name.as_bytes());
-            let handled = framing.note(kind, h.value)?;
-            match kind {
-                FieldKind::EndToEnd => {}
-                FieldKind::Length if keep_length => {}
-                FieldKind::Length | FieldKind::Coding | FieldKind::KeepAlive => continue,
-                FieldKind::Connection if handled => continue,
-                FieldKind::Connection | FieldKind::OtherHopByHop => {
-                    passable = false;
-                    break;
-                }
-            }
-            let start = h.name.as_ptr() as usize - base;
-            let value_start = h.value.as_ptr() as usize - base;
-            // httparse's default configuration (above) allows no space
-            // before the colon and no folded lines: a field is `name:`,
-            // optional blanks and its value, on one line, all of it checked,
-            // so it can be written on as it is. Were that configuration
-            // changed, this would not hold.
-            debug_assert_eq!(buf[start + h.name.len()], b':');
-            // Offsets within a head of at most MAX_HEAD_BYTES plus a read.
-            fields.push(RawField {
-                start: start as u32,
-                name_end: (start + h.name.len()) as u32,
-                end: (value_start + h.value.len()) as u32,
-            });
-        }
-        let both = framing.chunked.is_some() && framing.length.is_some();
-        if passable && !both {
-            if framing.chunked.is_some() && version == Version::HTTP_10 {
-                return Err(Failure::protocol(
-                    "an HTTP/1.0 response with Transfer-Encoding",
-                ));
-            }
-            let head = buf.split_to(len).freeze();
-            let body = if no_body {
-                Framing::Length(0)
-            } else {
-                framing.framing()
-            };
-            let keep_alive = !framing.close && (version != Version::HTTP_10 || framing.keep_alive);
-            let mut response = http::Response::new(Body::empty());
-            *response.status_mut() = status;
-            *response.version_mut() = version;
-            response.extensions_mut().insert(RawFields { head, fields });
-            return Ok(Some(Parsed::Final(ResponseHead {
-                response,
-                keep_alive: keep_alive && !matches!(body, Framing::Close),
-                framing: body,
-            })));
-        }
-    }
-
-    // Framing and persistence are read off the raw fields in the same pass
-    // that records where each value lies; the values become slices of the
-    // head's bytes, not copies.
+    // and `Connection` naming fields, another hop-by-hop field or a length
+    // with a coding needs the map's removal (all rare).
     let mut framing = FramingFields::default();
+    let mut passed = smallvec::SmallVec::new();
+    let passed_on = raw_fields
+        && !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+        && pass_on(
+            parsed.headers,
+            buf,
+            head_only,
+            status,
+            &mut framing,
+            &mut passed,
+        )?;
+    // Otherwise framing and persistence are read off the raw fields in the
+    // same pass that records where each value lies; the values become
+    // slices of the head's bytes, not copies.
     let mut spans = Spans::new();
-    for h in parsed.headers.iter() {
-        let name = header_name(h.name.as_bytes())
-            .map_err(|_| Failure::protocol(format!("invalid header name {:?}", h.name)))?;
-        if framing.note(field_kind(h.name.as_bytes()), h.value)? {
-            continue;
+    if !passed_on {
+        framing = FramingFields::default();
+        for h in parsed.headers.iter() {
+            let name = header_name(h.name.as_bytes())
+                .map_err(|_| Failure::protocol(format!("invalid header name {:?}", h.name)))?;
+            if framing.note(field_kind(h.name.as_bytes()), h.value)? {
+                continue;
+            }
+            let start = h.value.as_ptr() as usize - base;
+            spans.push((name, start..start + h.value.len()));
         }
-        let start = h.value.as_ptr() as usize - base;
-        spans.push((name, start..start + h.value.len()));
     }
     // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; the framing of such
     // a response can't be trusted.
@@ -596,17 +546,29 @@ fn parse_head(
         ));
     }
     let head = buf.split_to(len).freeze();
-    // Room for the request id a proxy adds without growing the map.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-    for (name, range) in spans.drain(..) {
-        headers.append(name, parsed_value(&head, range));
-    }
     // §6.3: with both, Transfer-Encoding wins; the length is removed before
     // the response goes further, and the connection is not reused (the
-    // message may be an attempt at response splitting).
+    // message may be an attempt at response splitting). Never so when the
+    // fields were passed on.
     let both = framing.chunked.is_some() && framing.length.is_some();
-    if both {
-        headers.remove(header::CONTENT_LENGTH);
+    let mut response = http::Response::new(Body::empty());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    if passed_on {
+        response.extensions_mut().insert(RawFields {
+            head,
+            fields: passed,
+        });
+    } else {
+        // Room for the request id a proxy adds without growing the map.
+        let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+        for (name, range) in spans.drain(..) {
+            headers.append(name, parsed_value(&head, range));
+        }
+        if both {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        *response.headers_mut() = headers;
     }
 
     let body = if no_body {
@@ -615,15 +577,57 @@ fn parse_head(
         framing.framing()
     };
     let keep_alive = !both && !framing.close && (version != Version::HTTP_10 || framing.keep_alive);
-    let mut response = http::Response::new(Body::empty());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
     Ok(Some(Parsed::Final(ResponseHead {
         response,
         keep_alive: keep_alive && !matches!(body, Framing::Close),
         framing: body,
     })))
+}
+
+/// Notes `fields`' framing into `framing` and where each end-to-end field
+/// lies into `passed`, for a response passed on unparsed ([`RawFields`]);
+/// false when the response needs its map after all (`Connection` naming
+/// fields, another hop-by-hop field, a length with a coding).
+fn pass_on(
+    fields: &[httparse::Header<'_>],
+    head: &[u8],
+    head_only: bool,
+    status: StatusCode,
+    framing: &mut FramingFields,
+    passed: &mut smallvec::SmallVec<[RawField; 8]>,
+) -> Result<bool, Failure> {
+    // A length where no body follows only informs (HEAD, 304): passed on,
+    // as the server would keep it.
+    let keep_length =
+        (head_only && status != StatusCode::NO_CONTENT) || status == StatusCode::NOT_MODIFIED;
+    let base = head.as_ptr() as usize;
+    for h in fields {
+        let kind = field_kind(h.name.as_bytes());
+        let handled = framing.note(kind, h.value)?;
+        match kind {
+            FieldKind::EndToEnd => {}
+            FieldKind::Length if keep_length => {}
+            FieldKind::Length | FieldKind::Coding | FieldKind::KeepAlive => continue,
+            FieldKind::Connection if handled => continue,
+            FieldKind::Connection | FieldKind::OtherHopByHop => return Ok(false),
+        }
+        // httparse's default configuration (in `parse_head`) allows no
+        // space before the colon and no folded lines: a field is `name:`,
+        // optional blanks and its value, on one line, all of it checked, so
+        // it can be written on as it is. Were that configuration changed,
+        // this would not hold.
+        let start = h.name.as_ptr() as usize - base;
+        let value_start = h.value.as_ptr() as usize - base;
+        debug_assert_eq!(head[start + h.name.len()], b':');
+        // Offsets within a head of at most MAX_HEAD_BYTES plus a read.
+        passed.push(RawField {
+            start: start as u32,
+            name_end: (start + h.name.len()) as u32,
+            value_start: value_start as u32,
+            end: (value_start + h.value.len()) as u32,
+        });
+    }
+    Ok(framing.chunked.is_none() || framing.length.is_none())
 }
 
 /// What a response field means to the connection it came on, by its name
@@ -692,11 +696,13 @@ pub struct RawFields {
     fields: smallvec::SmallVec<[RawField; 8]>,
 }
 
-/// Where one field lies in its head: `name: value` is `start..end`.
+/// Where one field lies in its head: `name: value` is `start..end`, the
+/// name `start..name_end`, the value `value_start..end`.
 #[derive(Clone, Copy, Debug)]
 struct RawField {
     start: u32,
     name_end: u32,
+    value_start: u32,
     end: u32,
 }
 
@@ -704,10 +710,10 @@ impl RawFields {
     /// The fields in order, each as (name as sent, value).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields.iter().map(|f| {
-            let name = &self.head[f.start as usize..f.name_end as usize];
-            // After the colon, optional whitespace, then the value.
-            let value = self.head[f.name_end as usize + 1..f.end as usize].trim_ascii_start();
-            (name, value)
+            (
+                &self.head[f.start as usize..f.name_end as usize],
+                &self.head[f.value_start as usize..f.end as usize],
+            )
         })
     }
 
@@ -729,11 +735,9 @@ impl RawFields {
             let Ok(name) = header_name(name) else {
                 continue; // httparse accepted it, so HeaderName does too.
             };
-            let after_colon = &self.head[f.name_end as usize + 1..f.end as usize];
-            let skip = after_colon.len() - after_colon.trim_ascii_start().len();
             headers.append(
                 name,
-                parsed_value(&self.head, f.name_end as usize + 1 + skip..f.end as usize),
+                parsed_value(&self.head, f.value_start as usize..f.end as usize),
             );
         }
     }
