@@ -89,6 +89,16 @@ cpu_ticks() { # pid [user] → user+system (or user only) CPU ticks of the proce
     echo "$total"
 }
 
+cpu_ns() { # pid → nanoseconds on CPU of the process and its direct children,
+    # every thread (the scheduler's own count: exact, where ticks are 10 ms)
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        v=$(cat /proc/"$p"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}')
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
 rss_kb() { # pid → RSS of the process and its direct children, in KiB
     local total=0 p v
     for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
