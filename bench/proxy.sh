@@ -31,7 +31,9 @@
 #               hands them work in smaller batches costs them more)
 #   latency     oha in open-loop constant-rate mode (-q RATE) with
 #               --latency-correction (coordinated omission corrected) →
-#               p50/p99/p99.9 at RATE requests/s (median of the rounds)
+#               p50/p99/p99.9 at RATE requests/s (median of the rounds),
+#               and the CPU time the target's processes spent per request
+#               meanwhile (with cold caches: what it adds to latency)
 #   memory      RSS of each proxy idle at start, then with IDLE_CONNS idle
 #               keep-alive client connections open → bytes per idle connection
 #
@@ -242,9 +244,11 @@ for r in $(seq 1 "$LAT_ROUNDS"); do
     for t in $(rotate "$r" "${TARGETS[@]}"); do
         if [ "$LAT_TOOL" = oha ]; then
             log "latency round $r/$LAT_ROUNDS: $t (oha -q $RATE -c $OHA_CONNS -z ${LAT_DURATION}s --latency-correction)"
+            n0=$(cpu_ns "${PID[$t]}")
             # shellcheck disable=SC2086
             "$OHA" -q "$RATE" -c "$OHA_CONNS" -z "${LAT_DURATION}s" --latency-correction \
                 --no-tui $oha_json_flag "http://127.0.0.1:${PORT[$t]}/" >"$RES/lat/$t.$r.json"
+            echo $(($(cpu_ns "${PID[$t]}") - n0)) >"$RES/lat/$t.$r.ns"
         else
             log "latency round $r/$LAT_ROUNDS: $t (wrk fallback, closed loop, -c $OHA_CONNS)"
             wrk -t 1 -c "$OHA_CONNS" -d "${LAT_DURATION}s" --latency \

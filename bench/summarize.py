@@ -239,12 +239,20 @@ def main() -> int:
         runs = [parse_oha(f) if f.suffix == ".json" else parse_wrk(f) for f in files]
         keys = ["p50", "p99", "p99.9"] if not fallback else ["p50", "p90", "p99"]
         lat[t] = {k: median([r["pct"].get(k) for r in runs]) for k in keys}
-        lat[t]["p99_by_round"] = {
-            int(f.name.split(".")[-2]): r["pct"].get("p99")
-            for f, r in zip(files, runs)
-            if r["pct"].get("p99")
-        }
+        for k in ("p50", "p99"):
+            lat[t][f"{k}_by_round"] = {
+                int(f.name.split(".")[-2]): r["pct"].get(k)
+                for f, r in zip(files, runs)
+                if r["pct"].get(k)
+            }
         lat[t]["rps"] = median([r["rps"] for r in runs])
+        # The scheduler's nanoseconds on a CPU during the round, per request.
+        cpu = []
+        for f, r in zip(files, runs):
+            ns = f.with_suffix(".ns")
+            if ns.exists() and r.get("count"):
+                cpu.append(int(ns.read_text()) / 1000 / r["count"])
+        lat[t]["cpu_us"] = median(cpu)
         lat[t]["errors"] = sum(r["errors"] for r in runs)
         lat[t]["non2xx"] = sum(r["non2xx"] for r in runs)
         lat[t]["max"] = max((r.get("max") or 0 for r in runs), default=None)
@@ -265,17 +273,25 @@ def main() -> int:
     p("")
     p(
         "| target | achieved req/s | " + " | ".join(keys) + " | max | "
-        + " | ".join(f"p99 vs {r}" for r in refs) + " | errors / non-2xx |"
+        + " | ".join(f"p99 vs {r}" for r in refs) + " | CPU µs/request | errors / non-2xx |"
     )
-    p("|" + " --- |" * (4 + len(keys) + len(refs)))
+    p("|" + " --- |" * (5 + len(keys) + len(refs)))
     for t in targets:
         d = lat[t]
         cells = [ratio(d.get("p99"), lat[r].get("p99")) for r in refs]
         rps = "n/a" if d["rps"] is None else f"{d['rps']:.0f}"
         p(
             f"| {t} | {rps} | " + " | ".join(ms(d[k]) for k in keys)
-            + f" | {ms(d['max'])} | " + " | ".join(cells) + f" | {d['errors']} / {d['non2xx']} |"
+            + f" | {ms(d['max'])} | " + " | ".join(cells)
+            + f" | {us1(d['cpu_us'])} | {d['errors']} / {d['non2xx']} |"
         )
+    p("")
+    p(
+        "CPU µs/request here: the target's processes' time on a CPU during the fixed-rate "
+        "rounds (the scheduler's nanosecond count), per request, median of the rounds: a "
+        "request mostly finds the caches cold at this rate, which is what a proxy adds to "
+        "its latency."
+    )
     p("")
 
     if sys_targets and refs:
@@ -334,6 +350,14 @@ def main() -> int:
                     paired(lat[sy]["p99_by_round"], lat[r]["p99_by_round"]), ahead_above=False
                 )
                 p(f"- {sy}/{r} p99 at the fixed rate: {ratio(lat[sy]['p99'], lat[r]['p99'])}{pair}")
+                pair = paired_note(
+                    paired(lat[sy]["p50_by_round"], lat[r]["p50_by_round"]), ahead_above=False
+                )
+                p(f"- {sy}/{r} p50 at the fixed rate: {ratio(lat[sy]['p50'], lat[r]['p50'])}{pair}")
+                p(
+                    f"- {sy}/{r} CPU per request at the fixed rate: "
+                    f"{ratio(lat[sy]['cpu_us'], lat[r]['cpu_us'])}"
+                )
         if sy in mem and "haproxy" in mem and "nginx" in mem:
             def per(t):
                 m = mem[t]
