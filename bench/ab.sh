@@ -162,7 +162,7 @@ for r in range(1, rounds + 1):
           f"| {new['cpu']:.2f} | {old['cpu']:.2f} |")
 print()
 for key, (news, olds) in by_key.items():
-    ratios = sorted(n / o for n, o in zip(news, olds))
+    ratios = sorted(n / o for n, o in zip(news, olds) if o)
     # Lower is better: "ahead" is a ratio below 1.
     print(f"- new/old {key}{paired_note(ratios, ahead_above=False)}")
 EOF

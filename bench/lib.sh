@@ -10,6 +10,7 @@
 #   wait_http NAME URL PID [CURL_ARGS...]   waits until URL answers 2xx
 #   cpu_ticks PID [user] / rss_kb PID  CPU ticks (user+system, or user only) / RSS
 #                               of a process and its children
+#   cpu_ns PID                 nanoseconds on a CPU of a process and its children
 #   rotate ROUND NAMES...      NAMES in an order rotated by ROUND
 #   stop_pids PID...           TERM, up to 5 s to exit, then KILL
 #   use_scratch NAME           TMP=a new directory /tmp/NAME.XXXXXX and PIDS=();
@@ -90,7 +91,10 @@ cpu_ticks() { # pid [user] → user+system (or user only) CPU ticks of the proce
 }
 
 cpu_ns() { # pid → nanoseconds on CPU of the process and its direct children,
-    # every thread (the scheduler's own count: exact, where ticks are 10 ms)
+    # every thread (the scheduler's own count: exact, where ticks are 10 ms);
+    # threads that exit between two readings drop out of the sum, so take
+    # differences over a process whose threads stay (the proxies here: one
+    # worker, or nginx's and HAProxy's fixed workers)
     local total=0 p v
     for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
         v=$(cat /proc/"$p"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}')

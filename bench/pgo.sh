@@ -9,11 +9,13 @@
 #
 # Why: without a profile LLVM guesses which branches are taken and which
 # functions are worth inlining; with one it knows, and lays out the request
-# path compactly (22% fewer instructions and 30% less hot machine code per
+# path compactly (22% fewer instructions and 31% less hot machine code per
 # proxied request, docs/performance.md). Run it again after changing the
 # request path: a profile older than the code loses its gain where the code
-# changed (nothing breaks), then `bench/instructions.sh --hot-symbols` to
-# match the function order to the new build.
+# changed (that code is compiled as without a profile), then
+# `cargo clean --release` (Cargo rebuilds the workspace's crates for a new
+# profile, not the dependencies from crates.io), the release build, and
+# `bench/instructions.sh --hot-symbols` to match the function order to it.
 #
 # What it does, on 127.0.0.1 only: builds switchyard instrumented
 # (`-C profile-generate`, in target/pgo-generate), serves the backend of
@@ -21,10 +23,12 @@
 # bench/proxy.sh measures it, and sends it: HTTP/1.1 GETs (`wrk -t1 -c32
 # -d10s`), POSTs with a 2 KB body (`oha -c8 -z3s`) and HTTP/2 GETs
 # (`oha --http2 -c8 -z3s`); stops it (the profile is written at exit) and
-# merges what it wrote with the llvm-profdata of rustc's own LLVM version.
+# merges what it wrote with the llvm-profdata of rustc's own LLVM version
+# (rustup's llvm-tools component, or the distribution's llvm-N).
 #
 # Installs what it needs when missing: `apt-get install llvm-N` (N: rustc's
-# LLVM major version), nginx-light, wrk; oha into bench/.tools.
+# LLVM major version) unless rustup's llvm-tools are there, nginx-light,
+# wrk; oha into bench/.tools.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -42,7 +46,15 @@ BENCH_NAME=pgo.sh
 
 LLVM=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ -n "$LLVM" ] || die "cannot read rustc's LLVM version from rustc -vV"
-ensure_apt "llvm-profdata-$LLVM=llvm-$LLVM" nginx=nginx-light curl=curl wrk=wrk
+# llvm-profdata of rustc's own LLVM: rustup's llvm-tools component, else
+# the distribution's llvm-N (Debian has llvm-22).
+PROFDATA="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+if [ ! -x "$PROFDATA" ]; then
+    ensure_apt "llvm-profdata-$LLVM=llvm-$LLVM" || true
+    PROFDATA=$(command -v "llvm-profdata-$LLVM" || true)
+fi
+[ -n "$PROFDATA" ] || die "no llvm-profdata for LLVM $LLVM: rustup component add llvm-tools, or install llvm-$LLVM"
+ensure_apt nginx=nginx-light curl=curl wrk=wrk
 find_oha install
 [ -n "$OHA" ] || die "oha is needed (cargo install --locked --root bench/.tools oha)"
 
@@ -54,6 +66,8 @@ log "building switchyard instrumented (-C profile-generate, in $GEN)"
 SY="$GEN/release/switchyard"
 # Build scripts ran instrumented too: only the server's run counts.
 rm -rf "$RAW"
+# The profile goes where RUSTFLAGS said, not where an inherited variable says.
+unset LLVM_PROFILE_FILE
 
 FDS=$(ulimit -n)
 WORKERS=1
@@ -69,6 +83,7 @@ PIDS+=($!)
 wait_http backend "http://127.0.0.1:$P_BACKEND/" "$!"
 TOKIO_WORKER_THREADS=1 "$SY" serve -c "$TMP/switchyard.toml" 2>"$TMP/switchyard.log" &
 SY_PID=$!
+PIDS+=("$SY_PID")
 wait_http switchyard "http://127.0.0.1:$P_SY/" "$SY_PID"
 
 URL="http://127.0.0.1:$P_SY"
@@ -86,6 +101,9 @@ ls "$RAW"/*.profraw >/dev/null 2>&1 || die "the instrumented switchyard wrote no
 
 OUT="$ROOT/crates/switchyard/pgo/switchyard.profdata"
 # --sparse: functions that never ran are left out (0.8 MB instead of 8).
-"llvm-profdata-$LLVM" merge --sparse -o "$OUT" "$RAW"/*.profraw
+"$PROFDATA" merge --sparse -o "$OUT" "$RAW"/*.profraw
 sed -i "s/^profile_llvm=.*/profile_llvm=$LLVM/" "$ROOT/crates/switchyard/pgo/rustc-wrapper"
-log "wrote $OUT ($(du -k "$OUT" | cut -f1) KiB, LLVM $LLVM); rebuild, then run bench/instructions.sh --hot-symbols"
+log "wrote $OUT ($(du -k "$OUT" | cut -f1) KiB, LLVM $LLVM)"
+# Cargo rebuilds the workspace's crates when the profile changes (rustc
+# lists it among their inputs) but not those from crates.io.
+log "next: cargo clean --release (the dependencies keep the old profile otherwise), cargo build --release, bench/instructions.sh --hot-symbols"

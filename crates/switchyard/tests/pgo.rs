@@ -9,46 +9,54 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::OnceLock,
 };
 
 const PGO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pgo");
 
-/// A stand-in `rustc` in a fresh directory: `-vV` names LLVM `llvm`, any
-/// other call prints its arguments one per line.
-fn fake_rustc(llvm: &str) -> PathBuf {
-    // One per call: tests run in parallel, and a script being rewritten
-    // can't be run.
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "switchyard-pgo-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("rustc");
-    std::fs::write(
-        &path,
-        format!(
+/// The LLVM major version the wrapper says wrote the profile.
+fn profile_llvm() -> u32 {
+    let wrapper = std::fs::read_to_string(Path::new(PGO_DIR).join("rustc-wrapper")).unwrap();
+    wrapper
+        .lines()
+        .find_map(|l| l.strip_prefix("profile_llvm="))
+        .expect("the wrapper names the LLVM that wrote the profile")
+        .parse()
+        .unwrap()
+}
+
+/// A stand-in `rustc`, made once (a script being written can't be run
+/// while another test starts a process): `-vV` names the LLVM version in
+/// `FAKE_LLVM`, any other call prints its arguments one per line.
+fn fake_rustc() -> &'static Path {
+    static FAKE: OnceLock<PathBuf> = OnceLock::new();
+    FAKE.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fake-rustc-{}", std::process::id()));
+        let tmp = path.with_extension("new");
+        std::fs::write(
+            &tmp,
             "#!/bin/sh\n\
-             if [ \"$1\" = -vV ]; then echo 'rustc 1.95.0'; echo 'LLVM version: {llvm}'; exit 0; fi\n\
-             for a in \"$@\"; do echo \"$a\"; done\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+             if [ \"$1\" = -vV ]; then echo 'rustc 1.95.0'; echo \"LLVM version: $FAKE_LLVM\"; exit 0; fi\n\
+             for a in \"$@\"; do echo \"$a\"; done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    })
 }
 
 /// An environment variable the wrapper runs with: name, value.
 type Env = (&'static str, &'static str);
 
-/// The arguments the wrapper passed on to `rustc`.
-fn wrapped(rustc: &Path, args: &[&str], env: &[Env]) -> Vec<String> {
+/// The arguments the wrapper passed on to `rustc`, whose LLVM is `llvm`.
+fn wrapped(llvm: &str, args: &[&str], env: &[Env]) -> Vec<String> {
     let out = Command::new(Path::new(PGO_DIR).join("rustc-wrapper"))
-        .arg(rustc)
+        .arg(fake_rustc())
         .args(args)
         .env_remove("SWITCHYARD_NO_PGO")
+        .env("FAKE_LLVM", llvm)
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -60,67 +68,78 @@ fn wrapped(rustc: &Path, args: &[&str], env: &[Env]) -> Vec<String> {
         .collect()
 }
 
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
 const RELEASE: &[&str] = &["--crate-name", "tokio", "-C", "opt-level=3", "src/lib.rs"];
 
 #[test]
-fn optimized_builds_get_the_profile_and_nothing_else_changes() {
-    let rustc = fake_rustc("22.1.2");
-    let args = wrapped(&rustc, RELEASE, &[]);
-    assert_eq!(
-        args[..RELEASE.len()],
-        *RELEASE,
-        "the build's own arguments come first"
-    );
+fn optimized_builds_get_the_profile_after_their_own_arguments() {
+    let llvm = format!("{}.1.2", profile_llvm());
     let profile = Path::new(PGO_DIR).join("switchyard.profdata");
-    assert_eq!(
-        args[RELEASE.len()..],
-        [
-            format!("-Cprofile-use={}", profile.display()),
-            "-Cllvm-args=-no-pgo-warn-mismatch".to_owned()
-        ],
-    );
     assert!(
         profile.is_file(),
         "the profile is committed beside the wrapper"
     );
+    let added = [
+        format!("-Cprofile-use={}", profile.display()),
+        "-Cllvm-args=-no-pgo-warn-mismatch".to_owned(),
+    ];
+    let optimized: [&[&str]; 4] = [
+        RELEASE,
+        // From RUSTFLAGS, one argument; the last level given is rustc's.
+        &["-Copt-level=3", "lib.rs"],
+        &["-C", "opt-level=2", "-Copt-level=3", "lib.rs"],
+        // Only flags choose a profile, not a path that names one.
+        &["-C", "opt-level=3", "--out-dir", "/home/profile-use/target"],
+    ];
+    for args in optimized {
+        let mut expected = owned(args);
+        expected.extend(added.iter().cloned());
+        assert_eq!(wrapped(&llvm, args, &[]), expected, "{args:?}");
+    }
 }
 
 #[test]
 fn other_builds_run_exactly_as_asked() {
-    let rustc = fake_rustc("22.1.2");
-    let generate = ["-C", "opt-level=3", "-Cprofile-generate=/tmp/raw", "lib.rs"];
-    let cases: [(&[&str], &[Env]); 5] = [
-        // An unoptimized build, a build script, cargo's probes.
+    let llvm = format!("{}.1.2", profile_llvm());
+    let generate = [
+        "-C",
+        "opt-level=3",
+        "-C",
+        "profile-generate=/tmp/raw",
+        "lib.rs",
+    ];
+    let cases: [(&[&str], &[Env]); 6] = [
+        // Unoptimized or another level, a build script.
         (&["--crate-name", "x", "src/lib.rs"], &[]),
         (&["-C", "opt-level=0", "build.rs"], &[]),
-        (&["-vV"], &[]),
+        (&["-C", "opt-level=3", "-Copt-level=s", "lib.rs"], &[]),
         // bench/pgo.sh's instrumented build chooses its own profile.
         (&generate, &[]),
         // Asked not to.
         (RELEASE, &[("SWITCHYARD_NO_PGO", "1")]),
+        // Cargo's probe.
+        (&["-vV"], &[]),
     ];
     for (args, env) in cases {
-        let expected: Vec<String> = if args == ["-vV"] {
-            vec!["rustc 1.95.0".into(), "LLVM version: 22.1.2".into()]
+        let expected = if args == ["-vV"] {
+            owned(&["rustc 1.95.0", &format!("LLVM version: {llvm}")])
         } else {
-            args.iter().map(|a| (*a).to_owned()).collect()
+            owned(args)
         };
-        assert_eq!(wrapped(&rustc, args, env), expected, "{args:?} {env:?}");
+        assert_eq!(wrapped(&llvm, args, env), expected, "{args:?} {env:?}");
     }
 }
 
 #[test]
 fn a_rustc_older_than_the_profile_builds_without_it() {
     // LLVM reads profiles written by its own version or older ones only.
-    let wrapper = std::fs::read_to_string(Path::new(PGO_DIR).join("rustc-wrapper")).unwrap();
-    let profile_llvm: u32 = wrapper
-        .lines()
-        .find_map(|l| l.strip_prefix("profile_llvm="))
-        .expect("the wrapper names the LLVM that wrote the profile")
-        .parse()
-        .unwrap();
-    let older = fake_rustc(&format!("{}.1.0", profile_llvm - 1));
+    let older = format!("{}.1.0", profile_llvm() - 1);
     assert_eq!(wrapped(&older, RELEASE, &[]), RELEASE);
+    // Nor one that doesn't say.
+    assert_eq!(wrapped("", RELEASE, &[]), RELEASE);
 }
 
 #[test]
