@@ -71,23 +71,15 @@ fi
 
 FDS=$(ulimit -n)
 use_scratch switchyard-ab
-mkdir -p "$TMP/nginx-backend/logs" "$TMP/rounds"
+mkdir -p "$TMP/rounds"
 read -r P_BACKEND P_NEW P_NEW_ADMIN P_OLD P_OLD_ADMIN < <(free_ports 5)
-nginx_backend_config >"$TMP/nginx-backend.conf"
 sy_config "$P_NEW" "$P_NEW_ADMIN" "" >"$TMP/new.toml"
 sy_config "$P_OLD" "$P_OLD_ADMIN" "" >"$TMP/old.toml"
-
-nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
-PIDS+=($!)
-wait_http backend "http://127.0.0.1:$P_BACKEND/" "$!"
-TOKIO_WORKER_THREADS=1 "$NEW" serve -c "$TMP/new.toml" 2>"$TMP/new.log" &
-PID_NEW=$!
-PIDS+=("$PID_NEW")
-wait_http new "http://127.0.0.1:$P_NEW/" "$PID_NEW"
-TOKIO_WORKER_THREADS=1 "$OLD" serve -c "$TMP/old.toml" 2>"$TMP/old.log" &
-PID_OLD=$!
-PIDS+=("$PID_OLD")
-wait_http old "http://127.0.0.1:$P_OLD/" "$PID_OLD"
+start_backend
+start_switchyard new "$NEW" "$TMP/new.toml" "$P_NEW"
+PID_NEW=$STARTED_PID
+start_switchyard old "$OLD" "$TMP/old.toml" "$P_OLD"
+PID_OLD=$STARTED_PID
 for port in "$P_NEW" "$P_OLD"; do wrk -t1 -c32 -d2s "http://127.0.0.1:$port/" >/dev/null; done
 
 measure() { # name port pid round

@@ -11,6 +11,8 @@
 #   cpu_ticks PID [user] / rss_kb PID  CPU ticks (user+system, or user only) / RSS
 #                               of a process and its children
 #   cpu_ns PID                 nanoseconds on a CPU of a process and its children
+#   start_backend              the backend of bench/configs.sh on P_BACKEND
+#   start_switchyard NAME BIN CONFIG PORT   one worker serving CONFIG (STARTED_PID)
 #   rotate ROUND NAMES...      NAMES in an order rotated by ROUND
 #   stop_pids PID...           TERM, up to 5 s to exit, then KILL
 #   use_scratch NAME           TMP=a new directory /tmp/NAME.XXXXXX and PIDS=();
@@ -101,6 +103,22 @@ cpu_ns() { # pid → nanoseconds on CPU of the process and its direct children,
         total=$((total + ${v:-0}))
     done
     echo "$total"
+}
+
+start_backend() { # → the backend of bench/configs.sh on P_BACKEND, in PIDS
+    mkdir -p "$TMP/nginx-backend/logs"
+    nginx_backend_config >"$TMP/nginx-backend.conf"
+    nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
+    PIDS+=($!)
+    wait_http backend "http://127.0.0.1:$P_BACKEND/" "$!"
+}
+
+start_switchyard() { # name binary config port → STARTED_PID: one worker
+    # serving the config, answering on the port, in PIDS; log in TMP/name.log
+    TOKIO_WORKER_THREADS=1 "$2" serve -c "$3" 2>"$TMP/$1.log" &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_http "$1" "http://127.0.0.1:$4/" "$STARTED_PID"
 }
 
 rss_kb() { # pid → RSS of the process and its direct children, in KiB

@@ -73,18 +73,11 @@ FDS=$(ulimit -n)
 WORKERS=1
 MAXCONN=1000
 use_scratch switchyard-pgo
-mkdir -p "$TMP/nginx-backend/logs"
 read -r P_BACKEND P_SY P_SY_ADMIN < <(free_ports 3)
-nginx_backend_config >"$TMP/nginx-backend.conf"
 sy_config "$P_SY" "$P_SY_ADMIN" "" >"$TMP/switchyard.toml"
-
-nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
-PIDS+=($!)
-wait_http backend "http://127.0.0.1:$P_BACKEND/" "$!"
-TOKIO_WORKER_THREADS=1 "$SY" serve -c "$TMP/switchyard.toml" 2>"$TMP/switchyard.log" &
-SY_PID=$!
-PIDS+=("$SY_PID")
-wait_http switchyard "http://127.0.0.1:$P_SY/" "$SY_PID"
+start_backend
+start_switchyard switchyard "$SY" "$TMP/switchyard.toml" "$P_SY"
+SY_PID=$STARTED_PID
 
 URL="http://127.0.0.1:$P_SY"
 log "HTTP/1.1 GETs (wrk -t1 -c32 -d10s)"
