@@ -74,19 +74,15 @@ build_switchyard
 
 FDS=$(ulimit -n)
 use_scratch switchyard-instructions
-mkdir -p "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs"
+mkdir -p "$TMP/nginx-proxy/logs"
 
 read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN < <(free_ports 5)
-nginx_backend_config >"$TMP/nginx-backend.conf"
 nginx_proxy_config nginx-proxy "$P_NGINX" "" >"$TMP/nginx-proxy.conf"
 haproxy_config "$P_HAPROXY" "" >"$TMP/haproxy.cfg"
 sy_config "$P_SY" "$P_SY_ADMIN" "" >"$TMP/switchyard.toml"
 "$SY" config check "$TMP/switchyard.toml" >&2 || die "switchyard config rejected"
 
-log "starting backend (nginx) on :$P_BACKEND"
-nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
-PIDS+=($!)
-wait_http backend "http://127.0.0.1:$P_BACKEND/" "$!"
+start_backend
 
 # Runs one proxy under callgrind, counts a load, stops it; adds
 # "name requests callgrind-file..." to $TMP/results for the summary.

@@ -11,7 +11,8 @@
 #   cpu_ticks PID [user] / rss_kb PID  CPU ticks (user+system, or user only) / RSS
 #                               of a process and its children
 #   cpu_ns PID                 nanoseconds on a CPU of a process and its children
-#   start_backend              the backend of bench/configs.sh on P_BACKEND
+#   family PID                 the process and its direct children
+#   start_backend              the backend of bench/configs.sh on P_BACKEND (STARTED_PID)
 #   start_switchyard NAME BIN CONFIG PORT   one worker serving CONFIG (STARTED_PID)
 #   rotate ROUND NAMES...      NAMES in an order rotated by ROUND
 #   stop_pids PID...           TERM, up to 5 s to exit, then KILL
@@ -82,10 +83,14 @@ wait_http() { # name url pid [curl args...]
     die "$name did not answer on $url within 10s"
 }
 
+family() { # pid → the process and its direct children (nginx's master and workers)
+    echo "$1" $(pgrep -P "$1" 2>/dev/null || true)
+}
+
 cpu_ticks() { # pid [user] → user+system (or user only) CPU ticks of the process and its direct children
     local total=0 p v field='$14 + $15'
     [ "${2:-}" = user ] && field='$14'
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+    for p in $(family "$1"); do
         v=$(awk "{print $field}" "/proc/$p/stat" 2>/dev/null || echo 0)
         total=$((total + ${v:-0}))
     done
@@ -98,19 +103,22 @@ cpu_ns() { # pid → nanoseconds on CPU of the process and its direct children,
     # differences over a process whose threads stay (the proxies here: one
     # worker, or nginx's and HAProxy's fixed workers)
     local total=0 p v
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+    for p in $(family "$1"); do
         v=$(cat /proc/"$p"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}')
         total=$((total + ${v:-0}))
     done
     echo "$total"
 }
 
-start_backend() { # → the backend of bench/configs.sh on P_BACKEND, in PIDS
+start_backend() { # → STARTED_PID: the backend of bench/configs.sh on
+    # P_BACKEND, answering, in PIDS
+    log "starting backend (nginx) on :$P_BACKEND"
     mkdir -p "$TMP/nginx-backend/logs"
     nginx_backend_config >"$TMP/nginx-backend.conf"
     nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
-    PIDS+=($!)
-    wait_http backend "http://127.0.0.1:$P_BACKEND/" "$!"
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_http backend "http://127.0.0.1:$P_BACKEND/" "$STARTED_PID"
 }
 
 start_switchyard() { # name binary config port → STARTED_PID: one worker
@@ -123,7 +131,7 @@ start_switchyard() { # name binary config port → STARTED_PID: one worker
 
 rss_kb() { # pid → RSS of the process and its direct children, in KiB
     local total=0 p v
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+    for p in $(family "$1"); do
         v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
         total=$((total + ${v:-0}))
     done

@@ -109,14 +109,12 @@ FDS=$(ulimit -n)
 
 use_scratch switchyard-bench
 RES="$TMP/results"
-mkdir -p "$RES/tput" "$RES/lat" "$TMP/nginx-backend/logs" "$TMP/nginx-proxy/logs" "$TMP/nginx-fwd/logs"
+mkdir -p "$RES/tput" "$RES/lat" "$TMP/nginx-proxy/logs" "$TMP/nginx-fwd/logs"
 
 # Free ports, all picked at once so none repeats.
 read -r P_BACKEND P_HAPROXY P_NGINX P_SY P_SY_ADMIN P_SYN P_SYN_ADMIN P_SYB P_SYB_ADMIN P_HAPROXYF P_NGINXF < <(free_ports 11)
 
 MAXCONN=$((IDLE_CONNS + 500))
-
-nginx_backend_config >"$TMP/nginx-backend.conf"
 
 nginx_proxy_config nginx-proxy "$P_NGINX" "" >"$TMP/nginx-proxy.conf"
 # The same header work as Switchyard's defaults (the time-left field aside).
@@ -154,10 +152,8 @@ if [ "$NO_POLICIES" = 1 ]; then
 fi
 
 declare -A PORT PID
-log "starting backend (nginx) on :$P_BACKEND"
-nginx -p "$TMP/nginx-backend" -c "$TMP/nginx-backend.conf" -e stderr &
-PIDS+=($!); PID[direct]=$!; PORT[direct]=$P_BACKEND
-wait_http backend "http://127.0.0.1:$P_BACKEND/" "${PID[direct]}"
+start_backend
+PID[direct]=$STARTED_PID; PORT[direct]=$P_BACKEND
 
 log "starting haproxy (nbthread $WORKERS) on :$P_HAPROXY"
 haproxy -db -f "$TMP/haproxy.cfg" &
